@@ -1,0 +1,300 @@
+"""The Backend interface every storage kind implements, its data types and its typed errors.
+
+Concurrency contract: a Backend is synchronous and thread-safe. One instance may be called from
+many threads at once (the transfer engine's pool, the FUSE daemon's worker threads). Trio code
+never calls it directly: it goes through `TrioBackend`, which runs each call in a worker thread
+under one `CapacityLimiter` -- the single place where blocking SDK calls meet trio.
+
+Paths are datastore-relative, '/'-separated, without a leading or trailing slash; '' is the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One entry of a datastore: a file (blob) or a directory."""
+
+    path: str
+    is_dir: bool
+    size: int = 0
+    etag: str | None = None
+    mtime: float = 0.0
+    content_md5: bytes | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+class BackendError(Exception):
+    """A storage failure. `errno` is what the FUSE mount returns for it."""
+
+    errno = errno.EIO
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(BackendError):
+    errno = errno.ENOENT
+
+
+class Forbidden(BackendError):
+    """Authentication failed or authorisation denied (HTTP 401/403, ACL refusal)."""
+
+    errno = errno.EACCES
+
+
+class Changed(BackendError):
+    """The object changed since its ETag was pinned (HTTP 412)."""
+
+    errno = errno.ESTALE
+
+
+class Transient(BackendError):
+    """A temporary failure worth retrying: timeouts, connection resets, 5xx, throttling."""
+
+    errno = errno.EIO
+
+
+class AlreadyExists(BackendError):
+    errno = errno.EEXIST
+
+
+class IsADirectory(BackendError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(BackendError):
+    errno = errno.ENOTDIR
+
+
+class InvalidName(BackendError):
+    """A remote or requested name that cannot be a safe relative path."""
+
+    errno = errno.EINVAL
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def normpath(path: str | None) -> str:
+    """Normalise a user-given datastore path: strip slashes, drop '.' and empty segments.
+
+    Refuses '..' so that no caller can address anything outside the datastore root.
+    """
+    if not path:
+        return ""
+    parts = []
+    for seg in path.replace("\\", "/").split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            raise InvalidName(f"path {path!r} may not contain '..'", path)
+        parts.append(seg)
+    return "/".join(parts)
+
+
+def is_safe_name(name: str) -> bool:
+    """A single path segment that can be a file name on Linux without escaping its directory."""
+    return (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
+    )
+
+
+def is_safe_relpath(path: str) -> bool:
+    """A remote relative path whose every segment is safe (no empty segment, '.', '..')."""
+    return bool(path) and all(is_safe_name(seg) for seg in path.split("/"))
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+# --- retry ---------------------------------------------------------------------------------------
+
+
+def retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 5,
+    base_delay: float = 0.2,
+    max_delay: float = 5.0,
+    deadline: float | None = None,
+) -> T:
+    """Call `fn`, retrying `Transient` failures with jittered exponential backoff.
+
+    `deadline` (a time.monotonic() value) bounds the total time: no retry starts after it.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Transient:
+            if attempt == attempts - 1:
+                raise
+            delay = min(max_delay, base_delay * 2**attempt) * (0.5 + random.random() / 2)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --- the interface -------------------------------------------------------------------------------
+
+
+class Backend(ABC):
+    """A datastore's storage, seen as a tree of directories and files.
+
+    Flat namespaces (Blob) synthesise directories from prefixes and folder markers; hierarchical
+    ones (File share, ADLS Gen2, local) have real directories. Implementations raise only
+    `BackendError` subclasses for storage failures.
+    """
+
+    #: a human name for messages: "blob container 'data' at http://127.0.0.1:10000/devstoreaccount1"
+    description: str = "backend"
+
+    @abstractmethod
+    def stat(self, path: str) -> ObjectInfo:
+        """The entry at `path` (file or directory); '' is the root. NotFound if neither."""
+
+    @abstractmethod
+    def list_page(
+        self, path: str, token: str | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
+        """One page of the direct children of directory `path`, and the token of the next page.
+
+        Entries carry size, ETag and mtime so that no per-entry stat is needed. A name that is
+        both a file and a directory is reported once, as the directory. Names that cannot be
+        safe path segments are left out (and logged once by the implementation). NotFound when
+        `path` is not a directory (for flat namespaces: when nothing lies under the prefix and
+        no folder marker exists, except for the root, which always exists).
+        """
+
+    @abstractmethod
+    def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        """Up to `length` bytes from `offset` (fewer only at the end of the object).
+
+        With `etag`, the read is conditional (If-Match) and raises Changed when the object's
+        ETag differs.
+        """
+
+    @abstractmethod
+    def write_stream(
+        self, path: str, stream: BinaryIO, length: int, overwrite: bool = True
+    ) -> ObjectInfo:
+        """Upload `length` bytes from `stream` as the file `path`, creating parent directories
+        where the storage has them. AlreadyExists when the file exists and not `overwrite`."""
+
+    @abstractmethod
+    def delete(self, path: str) -> None:
+        """Delete the file `path`. NotFound when missing."""
+
+    def walk(self, path: str = "") -> Iterator[ObjectInfo]:
+        """Every file (not directory) below `path`, recursively, in no promised order.
+
+        The default walks `list_page` level by level; flat namespaces override it with a single
+        flat listing.
+        """
+        stack = [path]
+        while stack:
+            d = stack.pop()
+            token: str | None = None
+            while True:
+                entries, token = self.list_page(d, token)
+                for e in entries:
+                    if e.is_dir:
+                        stack.append(e.path)
+                    else:
+                        yield e
+                if not token:
+                    break
+
+    def list_dir(self, path: str) -> Iterator[ObjectInfo]:
+        """All direct children of `path`, page by page."""
+        token: str | None = None
+        while True:
+            entries, token = self.list_page(path, token)
+            yield from entries
+            if not token:
+                return
+
+    def read_all(self, path: str, etag: str | None = None) -> bytes:
+        info = self.stat(path)
+        if info.is_dir:
+            raise IsADirectory(f"{path!r} is a directory", path)
+        return self.read_range(path, 0, info.size, etag=etag or info.etag) if info.size else b""
+
+    def write_file(self, path: str, local_path: str, overwrite: bool = True) -> ObjectInfo:
+        import os
+
+        with open(local_path, "rb") as f:
+            return self.write_stream(path, f, os.fstat(f.fileno()).st_size, overwrite=overwrite)
+
+    def write_bytes(self, path: str, data: bytes, overwrite: bool = True) -> ObjectInfo:
+        import io
+
+        return self.write_stream(path, io.BytesIO(data), len(data), overwrite=overwrite)
+
+    def ensure_exists(self) -> None:
+        """Create the container / share / filesystem / directory (create_if_not_exists)."""
+
+    def check_access(self) -> None:
+        """Raise NotFound/Forbidden if the container or root cannot be reached."""
+        self.list_page("")
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class TrioBackend:
+    """A Backend for trio code: every call runs in a worker thread under one CapacityLimiter.
+
+    This is the one place where blocking storage calls are bridged into trio.
+    """
+
+    def __init__(self, backend: Backend, max_threads: int = 32):
+        self.sync = backend
+        self.limiter = trio.CapacityLimiter(max_threads)
+
+    async def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    async def stat(self, path: str) -> ObjectInfo:
+        return await self.call(self.sync.stat, path)
+
+    async def list_page(
+        self, path: str, token: str | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
+        return await self.call(self.sync.list_page, path, token)
+
+    async def read_range(
+        self, path: str, offset: int, length: int, etag: str | None = None
+    ) -> bytes:
+        return await self.call(self.sync.read_range, path, offset, length, etag)
