@@ -1,0 +1,1 @@
+"""Mount mode: the pyfuse3 + trio filesystem daemon and its data path."""
