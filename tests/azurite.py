@@ -57,7 +57,9 @@ class Azurite:
     def service(self):
         from azure.storage.blob import BlobServiceClient
 
-        return BlobServiceClient(self.account_url, credential={"account_name": ACCOUNT, "account_key": KEY})
+        return BlobServiceClient(
+            self.account_url, credential={"account_name": ACCOUNT, "account_key": KEY}
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -76,11 +78,18 @@ def start_azurite(in_memory: bool = True, port: int | None = None) -> Azurite:
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="amlfs-azurite-")
     cmd = [
-        binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir,
-        "--skipApiVersionCheck", "--loose", "--silent", "--disableProductStyleUrl",
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+        "--disableProductStyleUrl",
     ]
-    if in_memory:
-        cmd.append("--inMemoryPersistence")
+    # Azurite refuses --location together with --inMemoryPersistence.
+    cmd += ["--inMemoryPersistence"] if in_memory else ["--location", workdir]
     log = open(os.path.join(workdir, "azurite.log"), "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_nofile)
     deadline = time.monotonic() + 30

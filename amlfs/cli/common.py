@@ -32,7 +32,9 @@ class AppContext:
         from ..uri import parse_location
 
         loc = parse_location(spec)
-        ds = self.registry.get(loc.datastore) if loc.datastore else self.registry.default_datastore()
+        ds = (
+            self.registry.get(loc.datastore) if loc.datastore else self.registry.default_datastore()
+        )
         return ds, loc.path
 
     def backend(self, ds: DatastoreConfig) -> Backend:

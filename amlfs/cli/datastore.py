@@ -1,0 +1,315 @@
+"""`amlfs datastore ...`: register, create from YAML, list, show, set-default, remove."""
+
+from __future__ import annotations
+
+import click
+import yaml
+
+from ..errors import UsageError
+from ..registry import (
+    ADLS,
+    BLOB,
+    FILE,
+    LOCAL,
+    Credentials,
+    DatastoreConfig,
+    datastore_to_dict,
+    load_datastore_yaml,
+)
+from .common import AppContext, main, pass_app
+
+TYPE_LABELS = {BLOB: "AzureBlob", FILE: "AzureFile", ADLS: "AzureDataLakeGen2", LOCAL: "Local"}
+
+
+@main.group()
+def datastore() -> None:
+    """Manage the registered datastores."""
+
+
+@datastore.group()
+def register() -> None:
+    """Register a datastore (blob, file, adls or local)."""
+
+
+def _credential_options(f):
+    for opt in reversed(
+        [
+            click.option("--account-key", help="Storage account key."),
+            click.option("--sas-token", help="SAS token (a leading '?' is ignored)."),
+            click.option("--connection-string", help="Storage connection string."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _common_options(f):
+    for opt in reversed(
+        [
+            click.option("--account-name", help="Storage account name."),
+            click.option(
+                "--account-url",
+                help="Explicit endpoint URL (emulators, private endpoints), e.g. "
+                "http://127.0.0.1:10000/devstoreaccount1.",
+            ),
+            click.option("--endpoint", default="core.windows.net", show_default=True),
+            click.option("--protocol", type=click.Choice(["https", "http"]), default="https"),
+            click.option("--description", default=None),
+            click.option(
+                "--create-if-not-exists", is_flag=True, help="Create the storage if missing."
+            ),
+            click.option("--default", "make_default", is_flag=True, help="Make it the default."),
+            click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _one_credential(account_key, sas_token, connection_string) -> Credentials:
+    given = [x for x in (account_key, sas_token, connection_string) if x]
+    if len(given) > 1:
+        raise UsageError("give at most one of --account-key, --sas-token and --connection-string")
+    return Credentials(
+        account_key=account_key,
+        sas_token=sas_token.lstrip("?") if sas_token else None,
+        connection_string=connection_string,
+    )
+
+
+def _save(app: AppContext, ds: DatastoreConfig, overwrite: bool, make_default: bool, create: bool):
+    from ..backends import open_backend
+
+    reg = app.registry
+    # Validate through the registry's own rules before touching storage or disk.
+    from ..registry import parse_datastore
+
+    ds = parse_datastore(datastore_to_dict(ds), source="command line")
+    if create:
+        backend = open_backend(ds, create_if_not_exists=True)
+        backend.close()
+    reg.add(ds, overwrite=overwrite, make_default=make_default)
+    reg.save()
+    suffix = " (default)" if reg.default == ds.name else ""
+    click.echo(f"registered {TYPE_LABELS[ds.type]} datastore '{ds.name}'{suffix} in {reg.path}")
+
+
+@register.command("blob")
+@click.argument("name")
+@click.option("--container-name", required=True)
+@_credential_options
+@_common_options
+@pass_app
+def register_blob(
+    app: AppContext,
+    name,
+    container_name,
+    account_key,
+    sas_token,
+    connection_string,
+    account_name,
+    account_url,
+    endpoint,
+    protocol,
+    description,
+    create_if_not_exists,
+    make_default,
+    overwrite,
+):
+    """Register an Azure Blob container."""
+    ds = DatastoreConfig(
+        name=name,
+        type=BLOB,
+        description=description,
+        account_name=account_name,
+        container_name=container_name,
+        endpoint=endpoint,
+        protocol=protocol,
+        account_url=account_url,
+        credentials=_one_credential(account_key, sas_token, connection_string),
+    )
+    _save(app, ds, overwrite, make_default, create_if_not_exists)
+
+
+@register.command("file")
+@click.argument("name")
+@click.option("--share-name", required=True)
+@_credential_options
+@_common_options
+@pass_app
+def register_file(
+    app: AppContext,
+    name,
+    share_name,
+    account_key,
+    sas_token,
+    connection_string,
+    account_name,
+    account_url,
+    endpoint,
+    protocol,
+    description,
+    create_if_not_exists,
+    make_default,
+    overwrite,
+):
+    """Register an Azure File share."""
+    ds = DatastoreConfig(
+        name=name,
+        type=FILE,
+        description=description,
+        account_name=account_name,
+        file_share_name=share_name,
+        endpoint=endpoint,
+        protocol=protocol,
+        account_url=account_url,
+        credentials=_one_credential(account_key, sas_token, connection_string),
+    )
+    _save(app, ds, overwrite, make_default, create_if_not_exists)
+
+
+@register.command("adls")
+@click.argument("name")
+@click.option("--filesystem", required=True)
+@click.option("--tenant-id")
+@click.option("--client-id")
+@click.option("--client-secret")
+@click.option("--authority-url")
+@_credential_options
+@_common_options
+@pass_app
+def register_adls(
+    app: AppContext,
+    name,
+    filesystem,
+    tenant_id,
+    client_id,
+    client_secret,
+    authority_url,
+    account_key,
+    sas_token,
+    connection_string,
+    account_name,
+    account_url,
+    endpoint,
+    protocol,
+    description,
+    create_if_not_exists,
+    make_default,
+    overwrite,
+):
+    """Register an ADLS Gen2 filesystem (service principal, key or SAS)."""
+    creds = _one_credential(account_key, sas_token, connection_string)
+    sp = [tenant_id, client_id, client_secret]
+    if any(sp):
+        if not all(sp):
+            raise UsageError(
+                "a service principal needs --tenant-id, --client-id and --client-secret"
+            )
+        if not creds.is_empty():
+            raise UsageError("give either a service principal or a key/SAS/connection string")
+        creds = Credentials(
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            authority_url=authority_url,
+        )
+    ds = DatastoreConfig(
+        name=name,
+        type=ADLS,
+        description=description,
+        account_name=account_name,
+        filesystem=filesystem,
+        endpoint=endpoint,
+        protocol=protocol,
+        account_url=account_url,
+        credentials=creds,
+    )
+    _save(app, ds, overwrite, make_default, create_if_not_exists)
+
+
+@register.command("local")
+@click.argument("name")
+@click.option("--path", required=True, type=click.Path(file_okay=False))
+@click.option("--description", default=None)
+@click.option("--create-if-not-exists", is_flag=True, help="Create the directory if missing.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default.")
+@click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name.")
+@pass_app
+def register_local(
+    app: AppContext, name, path, description, create_if_not_exists, make_default, overwrite
+):
+    """Register a local directory."""
+    import os
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not create_if_not_exists and not os.path.isdir(path):
+        raise UsageError(f"{path} is not a directory (use --create-if-not-exists)")
+    ds = DatastoreConfig(name=name, type=LOCAL, description=description, path=path)
+    _save(app, ds, overwrite, make_default, create_if_not_exists)
+
+
+@datastore.command("create")
+@click.option(
+    "-f",
+    "--file",
+    "file_",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="An Azure ML v2 datastore YAML file.",
+)
+@click.option("--name", default=None, help="Override the name in the file.")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default.")
+@click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name.")
+@pass_app
+def create(app: AppContext, file_, name, make_default, overwrite):
+    """Register a datastore from an Azure ML v2 datastore YAML file."""
+    ds = load_datastore_yaml(file_)
+    if name:
+        ds.name = name
+    _save(app, ds, overwrite, make_default, create=False)
+
+
+@datastore.command("list")
+@pass_app
+def list_(app: AppContext):
+    """List datastores: name, type, and which is the default."""
+    reg = app.registry
+    width = max((len(n) for n in reg.datastores), default=4)
+    for name, ds in reg.datastores.items():
+        mark = "*" if name == reg.default else " "
+        click.echo(f"{mark} {name:<{width}}  {TYPE_LABELS.get(ds.type, ds.type)}")
+
+
+@datastore.command("show")
+@click.argument("name")
+@pass_app
+def show(app: AppContext, name):
+    """Show one datastore (secrets redacted)."""
+    reg = app.registry
+    data = datastore_to_dict(reg.get(name), redact=True)
+    click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    if name == reg.default:
+        click.echo("# the default datastore")
+
+
+@datastore.command("set-default")
+@click.argument("name")
+@pass_app
+def set_default(app: AppContext, name):
+    """Make NAME the default datastore."""
+    reg = app.registry
+    reg.set_default(name)
+    reg.save()
+    click.echo(f"default datastore is now '{name}'")
+
+
+@datastore.command("remove")
+@click.argument("name")
+@pass_app
+def remove(app: AppContext, name):
+    """Remove NAME from the registry (the data itself is not touched)."""
+    reg = app.registry
+    reg.remove(name)
+    reg.save()
+    click.echo(f"removed datastore '{name}' (its data is untouched)")

@@ -1,0 +1,150 @@
+"""`amlfs datastore ...` through the real CLI: exit codes, messages, redaction, 0600 files."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from amlfs.cli import main
+
+from .azurite import ACCOUNT, KEY
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return str(tmp_path / "reg" / "datastores.yaml")
+
+
+def run(reg, *args, input=None):
+    result = CliRunner().invoke(main, ["--registry", reg, *args], input=input)
+    return result
+
+
+def test_new_registry_has_local_default(reg):
+    r = run(reg, "datastore", "list")
+    assert r.exit_code == 0, r.output
+    assert r.output.split() == ["*", "workspaceblobstore", "Local"]
+
+
+def test_register_blob_show_redacts_and_file_is_0600(reg, azurite, container):
+    r = run(
+        reg,
+        "datastore",
+        "register",
+        "blob",
+        "azb",
+        "--account-name",
+        ACCOUNT,
+        "--container-name",
+        container,
+        "--account-key",
+        KEY,
+        "--account-url",
+        azurite.account_url,
+        "--protocol",
+        "http",
+        "--default",
+    )
+    assert r.exit_code == 0, r.output
+    assert "(default)" in r.output
+    assert stat.S_IMODE(os.stat(reg).st_mode) == 0o600
+    r = run(reg, "datastore", "show", "azb")
+    assert r.exit_code == 0, r.output
+    assert KEY not in r.output and KEY[:12] not in r.output
+    shown = yaml.safe_load(r.output)
+    assert shown["container_name"] == container and shown["type"] == "azure_blob"
+    r = run(reg, "datastore", "list")
+    assert "* azb" in r.output
+
+
+def test_register_twice_needs_overwrite(reg, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    assert run(reg, "datastore", "register", "local", "l1", "--path", str(d)).exit_code == 0
+    r = run(reg, "datastore", "register", "local", "l1", "--path", str(d))
+    assert r.exit_code == 2 and "l1" in r.output
+    assert (
+        run(reg, "datastore", "register", "local", "l1", "--path", str(d), "--overwrite").exit_code
+        == 0
+    )
+
+
+def test_create_from_v2_yaml_and_set_default_remove(reg, tmp_path):
+    f = tmp_path / "blob.yml"
+    f.write_text(
+        textwrap.dedent("""\
+        $schema: https://azuremlschemas.azureedge.net/latest/azureBlob.schema.json
+        name: blob_example
+        type: azure_blob
+        description: Datastore pointing to a blob container.
+        account_name: mytestblobstore
+        container_name: data-container
+        credentials:
+          account_key: XXXxxxXXXxXXXXxxXXXXXxXXXXXxXxxXxXXXxXXXxXXxxxXXxxXXXxXxXXXxxXxxXXXXxxxxxXXxxxxxxXXxxXXX
+        """)
+    )
+    r = run(reg, "datastore", "create", "-f", str(f))
+    assert r.exit_code == 0, r.output
+    r = run(reg, "datastore", "create", "-f", str(f), "--name", "second")
+    assert r.exit_code == 0, r.output
+    assert run(reg, "datastore", "set-default", "second").exit_code == 0
+    listing = run(reg, "datastore", "list").output
+    assert "* second" in listing and "  blob_example" in listing
+    r = run(reg, "datastore", "remove", "blob_example")
+    assert r.exit_code == 0
+    assert "blob_example" not in run(reg, "datastore", "list").output
+
+
+def test_unknown_datastore_exit_2_one_line(reg):
+    r = run(reg, "datastore", "show", "nope")
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in r.output
+
+
+def test_conflicting_credentials_exit_2(reg):
+    r = run(
+        reg,
+        "datastore",
+        "register",
+        "blob",
+        "x",
+        "--account-name",
+        "a",
+        "--container-name",
+        "c",
+        "--account-key",
+        "k",
+        "--sas-token",
+        "s",
+    )
+    assert r.exit_code == 2 and "at most one" in r.output
+
+
+def test_bad_registry_file_exit_2_names_file(tmp_path):
+    reg = tmp_path / "bad.yaml"
+    reg.write_text("datastores:\n  - name: x\n    type: azure_blob\n")
+    os.chmod(reg, 0o600)
+    r = CliRunner().invoke(main, ["--registry", str(reg), "datastore", "list"])
+    assert r.exit_code == 2
+    assert str(reg) in r.output and "Traceback" not in r.output
+
+
+def test_console_script_runs_without_traceback(reg):
+    """The installed entry point, as a user runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "amlfs")
+    p = subprocess.run(
+        [exe, "--registry", reg, "datastore", "show", "missing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert p.stderr.startswith("amlfs: error:") and "Traceback" not in p.stderr
