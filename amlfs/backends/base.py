@@ -183,9 +183,7 @@ class Backend(ABC):
         """The entry at `path` (file or directory); '' is the root. NotFound if neither."""
 
     @abstractmethod
-    def list_page(
-        self, path: str, token: str | None = None
-    ) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
         """One page of the direct children of directory `path`, and the token of the next page.
 
         Entries carry size, ETag and mtime so that no per-entry stat is needed. A name that is

@@ -45,6 +45,8 @@ def _map_oserror(e: OSError, path: str) -> BackendError:
 
 
 class LocalBackend(Backend):
+    page_size = PAGE_SIZE
+
     def __init__(self, root: str, create: bool = False):
         self.root = os.path.realpath(os.path.expanduser(root))
         self.description = f"local directory {self.root}"
@@ -99,7 +101,7 @@ class LocalBackend(Backend):
             raise _map_oserror(e, rel) from None
         start = int(token) if token else 0
         out: list[ObjectInfo] = []
-        for name in names[start : start + PAGE_SIZE]:
+        for name in names[start : start + self.page_size]:
             if not is_safe_name(name):
                 continue
             child = f"{rel}/{name}" if rel else name
@@ -112,7 +114,7 @@ class LocalBackend(Backend):
                 out.append(self._info(child, os.stat(cfull)))
             except OSError:
                 continue  # vanished or dangling link
-        nxt = start + PAGE_SIZE
+        nxt = start + self.page_size
         return out, (str(nxt) if nxt < len(names) else None)
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
