@@ -60,3 +60,14 @@ def _isolated_env(tmp_path, monkeypatch):
     for var in list(os.environ):
         if var.startswith("AZURE_"):
             monkeypatch.delenv(var, raising=False)
+
+
+# Protocol-level File share and ADLS Gen2 servers (tests/servers), shared by every suite.
+from .servers.fixtures import (  # noqa: E402,F401
+    adls_config,
+    adls_server,
+    adls_tls,
+    fileshare_config,
+    fileshare_server,
+    sp_env,
+)

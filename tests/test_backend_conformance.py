@@ -60,6 +60,20 @@ def _blob(request: pytest.FixtureRequest) -> Backend:
     return BlobBackend.from_config(request.getfixturevalue("blob_config"))
 
 
+@backend_factory("fileshare")
+def _fileshare(request: pytest.FixtureRequest) -> Backend:
+    from amlfs.backends.fileshare import FileShareBackend
+
+    return FileShareBackend.from_config(request.getfixturevalue("fileshare_config"))
+
+
+@backend_factory("adls")
+def _adls(request: pytest.FixtureRequest) -> Backend:
+    from amlfs.backends.adls import AdlsBackend
+
+    return AdlsBackend.from_config(request.getfixturevalue("adls_config"))
+
+
 @pytest.fixture(params=list(FACTORIES))
 def backend(request):
     b = FACTORIES[request.param](request)
@@ -232,14 +246,26 @@ ODD_NAMES = [
 ]
 
 
+# Azure Files refuses these characters in names (as the real service does).
+FILE_SHARE_FORBIDDEN = set('"\\:|<>*?')
+
+
 def test_odd_names_round_trip(backend):
-    for i, name in enumerate(ODD_NAMES):
+    if type(backend).__name__ == "FileShareBackend":
+        odd = [n for n in ODD_NAMES if not FILE_SHARE_FORBIDDEN & set(n)]
+        assert len(odd) < len(ODD_NAMES)
+        return _odd_names(backend, odd)
+    _odd_names(backend, ODD_NAMES)
+
+
+def _odd_names(backend, odd_names):
+    for i, name in enumerate(odd_names):
         backend.write_bytes(f"odd/{name}", f"{i}".encode())
     walked = {e.path for e in backend.walk("odd")}
-    assert walked == {f"odd/{n}" for n in ODD_NAMES}
+    assert walked == {f"odd/{n}" for n in odd_names}
     listed = names(backend.list_dir("odd"))
-    assert listed == {n.split("/")[0]: "/" in n for n in ODD_NAMES}
-    for i, name in enumerate(ODD_NAMES):
+    assert listed == {n.split("/")[0]: "/" in n for n in odd_names}
+    for i, name in enumerate(odd_names):
         assert backend.stat(f"odd/{name}").size == len(str(i))
         assert backend.read_all(f"odd/{name}") == f"{i}".encode()
 
