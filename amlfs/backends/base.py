@@ -108,7 +108,7 @@ def normpath(path: str | None) -> str:
     if not path:
         return ""
     parts = []
-    for seg in path.replace("\\", "/").split("/"):
+    for seg in path.split("/"):
         if seg in ("", "."):
             continue
         if seg == "..":

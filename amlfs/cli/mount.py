@@ -1,0 +1,334 @@
+"""`amlfs mount`, `amlfs unmount`, `amlfs mounts` and `amlfs stats`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+import click
+
+from ..errors import UsageError
+from ..fs.inodes import FOREVER, Timeouts
+from .common import AppContext, main, pass_app
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_FOREVER_WORDS = ("forever", "inf", "infinity", "immutable")
+
+# FUSE and kernel mount options passed through to libfuse as they are.
+_FUSE_FLAGS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "dev", "nodev", "suid",
+    "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime", "strictatime",
+    "nostrictatime", "lazytime", "nolazytime", "sync", "async", "dirsync",
+}  # fmt: skip
+_FUSE_VALUED = {"max_read", "context", "fscontext", "defcontext", "rootcontext"}
+# fstab and mount(8) options that mean nothing to FUSE (amlfs mounts are always read-only).
+_IGNORED = {"rw", "ro", "defaults", "_netdev", "nofail", "auto", "noauto", "user", "users",
+            "nouser", "owner", "group"}  # fmt: skip
+# amlfs settings that may also come as -o NAME=VALUE (so that an /etc/fstab line can set them).
+_AMLFS_VALUED = {
+    "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
+    "read_timeout", "log_file", "registry",
+}  # fmt: skip
+
+
+def parse_bytes(text: str, what: str, low: int, high: int) -> int:
+    """'8M', '16MiB', '1G', '65536' -> bytes (K/M/G/T are powers of 1024), within [low, high]."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"bad {what} {text!r}: expected bytes, or a size like 8M or 1GiB")
+    n = int(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " ")
+    if not low <= n <= high:
+        raise UsageError(f"bad {what} {text!r}: must be between {_human(low)} and {_human(high)}")
+    return n
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:g}{unit}"
+        n //= 1024
+    return str(n)
+
+
+def parse_seconds(text: str, what: str, allow_forever: bool = True) -> float:
+    if allow_forever and text.strip().lower() in _FOREVER_WORDS:
+        return FOREVER
+    try:
+        value = float(text)
+    except ValueError:
+        hint = " or 'forever'" if allow_forever else ""
+        raise UsageError(f"bad {what} {text!r}: expected seconds{hint}") from None
+    if not 0 <= value:  # also refuses NaN
+        raise UsageError(f"bad {what} {text!r}: must be zero or more seconds")
+    return min(value, FOREVER)
+
+
+def _seconds_arg(value: float) -> str:
+    return "forever" if value >= FOREVER else repr(value)
+
+
+@dataclass
+class ParsedOptions:
+    fuse: list[str] = field(default_factory=list)
+    amlfs: dict[str, str] = field(default_factory=dict)
+    nonempty: bool = False
+    immutable: bool = False
+    debug: bool = False
+
+
+def parse_o(values: tuple[str, ...]) -> ParsedOptions:
+    """Split `-o a,b=c` values into FUSE options and amlfs settings; UsageError for unknown ones."""
+    out = ParsedOptions()
+    for value in values:
+        for opt in filter(None, (o.strip() for o in value.split(","))):
+            name, eq, arg = opt.partition("=")
+            if name in _IGNORED or name.startswith("x-") or name == "comment":
+                continue
+            if name == "nonempty" and not eq:
+                out.nonempty = True
+            elif name == "immutable" and not eq:
+                out.immutable = True
+            elif name == "debug" and not eq:
+                out.debug = True
+            elif name in _FUSE_FLAGS and not eq:
+                out.fuse.append(name)
+            elif name in _FUSE_VALUED and eq and arg:
+                out.fuse.append(opt)
+            elif name in _AMLFS_VALUED and eq and arg:
+                out.amlfs[name] = arg
+            elif name in ("fsname", "subtype"):
+                raise UsageError(f"mount option {name!r} is set by amlfs and cannot be changed")
+            else:
+                raise UsageError(f"unknown mount option {opt!r}")
+    return out
+
+
+@main.command("mount")
+@click.argument("source", metavar="DATASTORE[:PATH]")
+@click.argument("mountpoint")
+@click.option("-f", "--foreground", is_flag=True, help="Stay attached (for systemd, debugging).")
+@click.option("--cache-size", metavar="SIZE", help="Memory for cached blocks (default 1GiB).")
+@click.option("--block-size", metavar="SIZE", help="Bytes per storage request (default 8MiB).")
+@click.option(
+    "--attr-timeout",
+    metavar="SECONDS|forever",
+    help="Trust attributes this long (default 60); 'forever': the dataset is immutable.",
+)
+@click.option(
+    "--list-timeout", metavar="SECONDS|forever", help="Trust directory listings this long."
+)
+@click.option("--negative-timeout", metavar="SECONDS", help="Remember missing names (default 5).")
+@click.option("--immutable", is_flag=True, help="The dataset never changes: cache forever.")
+@click.option("--read-timeout", metavar="SECONDS", help="A read past this gets EIO (default 60).")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help="Mount options.")
+@click.option("--debug", is_flag=True, help="Log every request (to --log-file or stderr).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="The daemon's log.")
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=float,
+    default=30.0,
+    help="Wait this long for the mount to go live (default 30).",
+)
+@click.option("--status-fd", type=int, hidden=True)
+@pass_app
+def mount(
+    app: AppContext,
+    source: str,
+    mountpoint: str,
+    foreground: bool,
+    cache_size: str | None,
+    block_size: str | None,
+    attr_timeout: str | None,
+    list_timeout: str | None,
+    negative_timeout: str | None,
+    immutable: bool,
+    read_timeout: str | None,
+    options: tuple[str, ...],
+    debug: bool,
+    log_file: str | None,
+    timeout: float,
+    status_fd: int | None,
+) -> None:
+    """Mount a datastore (or a directory of it) read-only at MOUNTPOINT.
+
+    Returns once the mount is live; the daemon keeps running in the background until
+    `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
+    nonempty, immutable, debug, the kernel's nodev/nosuid/noexec/noatime..., and every long
+    option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, registry=FILE, ...).
+    """
+    from ..fs.daemon import MountOptions, StatusPipe
+
+    status = StatusPipe(status_fd)
+    try:
+        o = parse_o(options)
+        if "registry" in o.amlfs:  # an /etc/fstab line names its registry this way
+            app.registry_path = o.amlfs["registry"]
+        debug = debug or o.debug or app.debug
+        log_file = log_file or o.amlfs.get("log_file")
+
+        def pick(flag: str | None, name: str, default: str) -> str:
+            return flag if flag is not None else o.amlfs.get(name, default)
+
+        attr = parse_seconds(pick(attr_timeout, "attr_timeout", "60"), "--attr-timeout")
+        lst = parse_seconds(pick(list_timeout, "list_timeout", str(attr)), "--list-timeout")
+        neg = parse_seconds(pick(negative_timeout, "negative_timeout", "5"), "--negative-timeout")
+        timeouts = Timeouts.immutable() if immutable or o.immutable or attr >= FOREVER else None
+        mopts = MountOptions(
+            block_size=parse_bytes(
+                pick(block_size, "block_size", "8MiB"), "--block-size", 4096, 256 << 20
+            ),
+            cache_bytes=parse_bytes(
+                pick(cache_size, "cache_size", "1GiB"), "--cache-size", 1 << 20, 1 << 50
+            ),
+            timeouts=timeouts or Timeouts(attr=attr, listing=lst, negative=neg),
+            read_timeout=parse_seconds(
+                pick(read_timeout, "read_timeout", "60"), "--read-timeout", allow_forever=False
+            ),
+            fuse_options=o.fuse,
+        )
+        if mopts.read_timeout <= 0:
+            raise UsageError("bad --read-timeout: must be more than zero seconds")
+        ds, path = app.location(source)
+    except UsageError as e:
+        status.error(e.exit_code, str(e))
+        raise
+
+    from ..fs import control
+
+    if foreground:
+        from ..fs.daemon import run_mount
+
+        try:
+            _configure_daemon_logging(debug, log_file)
+            mountpoint = control.validate_mountpoint(mountpoint, nonempty=o.nonempty)
+        except UsageError as e:
+            status.error(e.exit_code, str(e))
+            raise
+        run_mount(ds, path, mountpoint, mopts, status_fd=status.fd)
+        return
+
+    from ..backends import open_backend
+    from ..fs.daemon import check_source
+
+    mountpoint = control.validate_mountpoint(mountpoint, nonempty=o.nonempty)
+    backend = open_backend(ds)
+    try:
+        check_source(backend, ds, path)
+    finally:
+        backend.close()
+    argv = [sys.executable, "-m", "amlfs"]
+    if app.registry_path:
+        argv += ["--registry", os.path.abspath(app.registry_path)]
+    argv += ["mount", "--foreground"]
+    argv += ["--cache-size", str(mopts.cache_bytes), "--block-size", str(mopts.block_size)]
+    t = mopts.timeouts
+    argv += ["--attr-timeout", _seconds_arg(t.attr), "--list-timeout", _seconds_arg(t.listing)]
+    argv += ["--negative-timeout", _seconds_arg(t.negative)]
+    argv += ["--read-timeout", repr(mopts.read_timeout)]
+    if t.is_immutable:
+        argv.append("--immutable")
+    fuse = o.fuse + (["nonempty"] if o.nonempty else [])
+    if fuse:
+        argv += ["-o", ",".join(fuse)]
+    if debug:
+        argv.append("--debug")
+    if log_file:
+        log_file = os.path.abspath(log_file)
+        argv += ["--log-file", log_file]
+    # Pass the resolved datastore name so that a default-datastore change cannot race us.
+    argv += ["--", f"{ds.name}:{path}", mountpoint]
+    control.start_background(argv, mountpoint, log_file, timeout=timeout)
+
+
+def _configure_daemon_logging(debug: bool, log_file: str | None) -> None:
+    import logging
+
+    root = logging.getLogger()
+    if log_file:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        try:
+            handler = logging.FileHandler(log_file)
+        except OSError as e:
+            raise UsageError(f"cannot open log file {log_file}: {e.strerror}") from None
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        )
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # The daemon's own lifecycle lines are worth keeping in a service log.
+    logging.getLogger("amlfs").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+@main.command("unmount")
+@click.argument("mountpoint", type=click.Path())
+@click.option("-z", "--lazy", is_flag=True, help="Detach now, even while files are open.")
+def unmount(mountpoint: str, lazy: bool) -> None:
+    """Unmount an amlfs mount (also one whose daemon died)."""
+    from ..fs import control
+
+    control.unmount(mountpoint, lazy=lazy)
+
+
+@main.command("mounts")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per mount.")
+def mounts(as_json: bool) -> None:
+    """List amlfs mounts: datastore, path, mountpoint, daemon pid."""
+    from ..errors import AmlfsError
+    from ..fs import control
+
+    rows = []
+    for m in control.list_mounts():
+        try:
+            pid, state = control.read_facts(m.mountpoint, timeout=2.0).get("pid"), "live"
+        except AmlfsError as e:
+            pid, state = None, "dead" if "dead" in str(e) else "unresponsive"
+        rows.append(
+            {
+                "datastore": m.datastore,
+                "path": m.path,
+                "mountpoint": m.mountpoint,
+                "pid": pid,
+                "state": state,
+            }
+        )
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        return
+    table = [("DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE")]
+    for r in rows:
+        pid = "-" if r["pid"] is None else str(r["pid"])
+        table.append((r["datastore"], r["path"] or "/", r["mountpoint"], pid, r["state"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        )
+
+
+@main.command("stats")
+@click.argument("mountpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="The raw JSON document.")
+def stats(mountpoint: str, as_json: bool) -> None:
+    """Live counters of a mount: requests, bytes fetched, cache hits, errors by errno."""
+    from ..fs import control
+
+    entry = control.find_mount(mountpoint)
+    if entry is None:
+        raise UsageError(f"{os.path.abspath(mountpoint)} is not an amlfs mount")
+    facts = control.read_facts(entry.mountpoint)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, sort_keys=True))
+        return
+    counters = facts.pop("counters", {})
+    for key in ("datastore", "path", "mountpoint", "pid"):
+        click.echo(f"{key:<24} {facts.get(key)}")
+    for key, value in sorted(counters.items()):
+        click.echo(f"{key:<24} {value}")

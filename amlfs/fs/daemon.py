@@ -1,0 +1,214 @@
+"""The mount daemon: checks the source, mounts, serves FUSE requests under trio until unmounted
+or signalled, and always leaves the mountpoint clean.
+
+It stays in the foreground: `amlfs mount` without --foreground starts it as a detached child
+(see control.py) and learns over a status pipe whether it came up. Under systemd (Type=notify) it
+sends READY=1 once the mount is live and STOPPING=1 on the way down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..backends.base import Backend, BackendError, NotFound, ObjectInfo, TrioBackend, normpath
+from ..errors import AmlfsError, UsageError
+from ..registry import DatastoreConfig
+from .inodes import Timeouts
+from .notify import sd_notify
+from .operations import Operations, OperationsConfig
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.amlfs"
+SUBTYPE = "amlfs"
+#: After SIGTERM, requests still waiting on the storage get this long before they are cancelled.
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass
+class MountOptions:
+    block_size: int = 8 * 1024 * 1024
+    cache_bytes: int = 1024 * 1024 * 1024
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    read_timeout: float = 60.0  # a read (or metadata call) past this returns EIO
+    fuse_options: list[str] = field(default_factory=list)  # e.g. allow_other
+    max_threads: int = 32  # concurrent storage calls
+    max_tasks: int = 99  # concurrent FUSE requests
+
+
+class StatusPipe:
+    """The daemon's side of the pipe a background `amlfs mount` waits on: one line, then EOF.
+
+    "ready PID" when the mount is live, or "error CODE MESSAGE" when it could not start.
+    """
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def _send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (line.replace("\n", " ") + "\n").encode())
+            os.close(self.fd)
+        except OSError:
+            pass  # the parent gave up waiting; nothing to tell
+        self.fd = None
+
+    def ready(self) -> None:
+        self._send(f"ready {os.getpid()}")
+
+    def error(self, code: int, message: str) -> None:
+        self._send(f"error {code} {message}")
+
+
+def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo:
+    """The directory to mount, or a clear error: UsageError when it is missing or a file."""
+    path = normpath(path)
+    backend.check_access()
+    try:
+        info = backend.stat(path)
+    except NotFound:
+        raise UsageError(f"path {path!r} does not exist in datastore {ds.name!r}") from None
+    if not info.is_dir:
+        raise UsageError(f"path {path!r} in datastore {ds.name!r} is a file, not a directory")
+    return ObjectInfo(path=path, is_dir=True, mtime=info.mtime)
+
+
+def fuse_options(ds: DatastoreConfig, path: str, extra: list[str]) -> set[str]:
+    # libfuse splits options at commas and honours backslash escapes.
+    source = f"{ds.name}:{path}".replace("\\", "\\\\").replace(",", "\\,")
+    opts = {f"fsname={source}", f"subtype={SUBTYPE}", "ro", "default_permissions"}
+    opts.update(extra)
+    return opts
+
+
+def run_mount(
+    ds: DatastoreConfig,
+    path: str,
+    mountpoint: str,
+    options: MountOptions,
+    status_fd: int | None = None,
+) -> None:
+    """Mount `path` of datastore `ds` at `mountpoint` and serve it until unmounted or signalled.
+
+    Raises AmlfsError/BackendError (after telling the status pipe) when the mount cannot start.
+    """
+    status = StatusPipe(status_fd)
+    try:
+        _run(ds, normpath(path), os.path.abspath(mountpoint), options, status)
+    except AmlfsError as e:
+        status.error(e.exit_code, str(e))
+        raise
+    except BackendError as e:
+        status.error(1, str(e))
+        raise
+    except BaseException as e:
+        status.error(1, f"the mount daemon failed: {e!r}")
+        raise
+
+
+def _run(
+    ds: DatastoreConfig, path: str, mountpoint: str, options: MountOptions, status: StatusPipe
+) -> None:
+    from ..backends import open_backend
+    from .datapath import DataPath, DataPathConfig
+
+    backend = open_backend(ds)
+    try:
+        root = check_source(backend, ds, path)
+        tb = TrioBackend(backend, max_threads=options.max_threads)
+        stats = Stats()
+        datapath = DataPath(
+            tb,
+            DataPathConfig(
+                block_size=options.block_size,
+                cache_bytes=options.cache_bytes,
+                read_timeout=options.read_timeout,
+            ),
+            stats,
+        )
+        started = time.time()
+
+        def describe() -> dict[str, Any]:
+            return {
+                "pid": os.getpid(),
+                "datastore": ds.name,
+                "type": ds.type,
+                "path": path,
+                "mountpoint": mountpoint,
+                "started": started,
+                "block_size": options.block_size,
+                "cache_bytes": options.cache_bytes,
+                "attr_timeout": options.timeouts.attr,
+                "immutable": options.timeouts.is_immutable,
+            }
+
+        ops = Operations(
+            tb,
+            datapath,
+            root,
+            stats,
+            OperationsConfig(
+                timeouts=options.timeouts,
+                request_timeout=options.read_timeout,
+                small_file_size=options.block_size,
+            ),
+            describe=describe,
+        )
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_options(ds, path, options.fuse_options))
+        except RuntimeError as e:
+            if "session_new" in str(e):
+                raise UsageError(f"FUSE refused the mount options {options.fuse_options}") from None
+            raise AmlfsError(f"cannot mount at {mountpoint}: {e}") from None
+        log.info("mounted %s:%s at %s (pid %d)", ds.name, path, mountpoint, os.getpid())
+        try:
+            trio.run(_serve, ops, datapath, options, status)
+        except BaseException:
+            log.exception("the mount daemon failed; unmounting")
+            raise
+        finally:
+            sd_notify("STOPPING=1")
+            ops.close()
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+    finally:
+        backend.close()
+
+
+async def _serve(ops: Operations, datapath: Any, options: MountOptions, status: StatusPipe) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(datapath.run)
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        # Requests the kernel sends before main() runs wait in /dev/fuse: live from here on.
+        status.ready()
+        sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
+        await pyfuse3.main(max_tasks=options.max_tasks)
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    # SIGHUP would kill us without unmounting; a daemon has no terminal to hang up on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+            pyfuse3.terminate()
+            break
+        # Requests stuck on the storage get a grace period, then are cancelled; a second
+        # signal cancels them at once.
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            async for _ in signals:
+                break
+        scope.cancel()

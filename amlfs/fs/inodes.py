@@ -1,0 +1,258 @@
+"""The mount's metadata state: inode numbers <-> datastore paths with kernel lookup counts,
+attribute freshness, cached directory listings, and detection of in-order directory walks.
+
+Plain data structures, no I/O and no awaits: every method runs to completion on the trio thread,
+so a caller that does not await between two calls sees them as one atomic step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyfuse3 import ROOT_INODE
+
+from ..backends.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: A timeout that means "never expires" (the kernel caps it; ten years is plenty).
+FOREVER = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long metadata is trusted, in seconds (the kernel is told the same figures).
+
+    attr: a file's or directory's attributes (size, ETag, mtime) and the kernel's dentry cache;
+    listing: a directory's cached listing; negative: a name found missing.
+    """
+
+    attr: float = 60.0
+    listing: float = 60.0
+    negative: float = 5.0
+
+    @classmethod
+    def immutable(cls) -> Timeouts:
+        """The dataset never changes while mounted: cache everything forever."""
+        return cls(attr=FOREVER, listing=FOREVER, negative=FOREVER)
+
+    @property
+    def is_immutable(self) -> bool:
+        return self.attr >= FOREVER and self.listing >= FOREVER
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    """One inode the kernel knows about (or the root, which it always knows)."""
+
+    inode: int
+    info: ObjectInfo  # info.path is the datastore path, mount prefix included
+    fetched: float  # clock() when `info` was last confirmed by the storage
+    lookups: int = 0
+    last_open_etag: str | None = None  # decides keep_cache on the next open
+
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+
+@dataclass(eq=False)
+class Listing:
+    """A directory's complete listing, in the storage's order (by name)."""
+
+    entries: list[ObjectInfo]
+    fetched: float
+    _positions: dict[str, int] | None = field(default=None, repr=False)
+
+    def position(self, name: str) -> int | None:
+        if self._positions is None:
+            self._positions = {e.name: i for i, e in enumerate(self.entries)}
+        return self._positions.get(name)
+
+    def get(self, name: str) -> ObjectInfo | None:
+        i = self.position(name)
+        return None if i is None else self.entries[i]
+
+
+class InodeTable:
+    """Inode numbers are handed out once and never reused; a path keeps its number while the
+    kernel holds a lookup count on it. When a path changes kind (file <-> directory) it gets a
+    new number, because the kernel must never see an inode change type."""
+
+    def __init__(
+        self,
+        root: ObjectInfo,
+        timeouts: Timeouts,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_changed: Callable[[ObjectInfo], None] | None = None,
+        max_listing_entries: int = 1_000_000,
+        first_inode: int = ROOT_INODE + 1,
+    ):
+        self.timeouts = timeouts
+        self.clock = clock
+        self._on_changed = on_changed  # told the old info of a file whose ETag changed
+        self._next_inode = first_inode
+        self.root = Node(ROOT_INODE, root, clock(), lookups=1)
+        self._by_inode: dict[int, Node] = {ROOT_INODE: self.root}
+        self._by_path: dict[str, Node] = {root.path: self.root}
+        self._listings: OrderedDict[str, Listing] = OrderedDict()
+        self._listing_entries = 0
+        self.max_listing_entries = max_listing_entries
+
+    def __len__(self) -> int:
+        return len(self._by_inode)
+
+    # --- inodes ----------------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Node | None:
+        return self._by_inode.get(inode)
+
+    def by_path(self, path: str) -> Node | None:
+        return self._by_path.get(path)
+
+    def is_fresh(self, node: Node) -> bool:
+        return self.clock() - node.fetched < self.timeouts.attr
+
+    def remember(self, info: ObjectInfo, *, fetched: float | None = None) -> Node:
+        """The node for `info.path` with its attributes refreshed and one more lookup count."""
+        node = self.update(info, fetched=fetched)
+        node.lookups += 1
+        return node
+
+    def update(self, info: ObjectInfo, *, fetched: float | None = None) -> Node:
+        """Record fresh attributes for `info.path` without touching lookup counts.
+
+        Returns the node now mapped to the path (a new one, not yet counted, if none was)."""
+        now = self.clock() if fetched is None else fetched
+        node = self._by_path.get(info.path)
+        if node is not None and node.info.is_dir != info.is_dir and node is not self.root:
+            # Changed kind: the old number stays valid (as the old kind) until forgotten.
+            log.info("%r changed from %s", info.path, "directory" if node.info.is_dir else "file")
+            del self._by_path[info.path]
+            node = None
+        if node is None:
+            node = Node(self._next_inode, info, now)
+            self._next_inode += 1
+            self._by_inode[node.inode] = node
+            self._by_path[info.path] = node
+            return node
+        if node is self.root and not info.is_dir:
+            return node  # the mount root stays a directory whatever happens remotely
+        old = node.info
+        if not info.is_dir and old.etag is not None and old.etag != info.etag:
+            if self._on_changed is not None:
+                self._on_changed(old)
+        if now >= node.fetched:
+            node.info = info
+            node.fetched = now
+        return node
+
+    def forget(self, inode: int, nlookup: int) -> None:
+        node = self._by_inode.get(inode)
+        if node is None or node is self.root:
+            return
+        node.lookups -= nlookup
+        if node.lookups > 0:
+            return
+        if node.lookups < 0:
+            log.warning("inode %d forgotten more often than looked up", inode)
+        del self._by_inode[inode]
+        if self._by_path.get(node.path) is node:
+            del self._by_path[node.path]
+
+    def forget_all(self) -> None:
+        """After the kernel connection ends: release every inode but the root."""
+        for node in list(self._by_inode.values()):
+            if node is not self.root:
+                self.forget(node.inode, node.lookups)
+
+    def drop(self, node: Node) -> None:
+        """Unmap a path found missing; its number stays valid until the kernel forgets it."""
+        if node is not self.root and self._by_path.get(node.path) is node:
+            del self._by_path[node.path]
+
+    # --- listings --------------------------------------------------------------------------------
+
+    def listing(self, path: str) -> Listing | None:
+        """The cached complete listing of directory `path`, if still fresh."""
+        lst = self._listings.get(path)
+        if lst is None:
+            return None
+        if self.clock() - lst.fetched >= self.timeouts.listing:
+            self._drop_listing(path)
+            return None
+        self._listings.move_to_end(path)
+        return lst
+
+    def store_listing(self, path: str, entries: list[ObjectInfo], fetched: float) -> None:
+        """Remember a complete listing that started at `fetched` (clock time)."""
+        if self.timeouts.listing <= 0 or len(entries) > self.max_listing_entries:
+            return
+        self._drop_listing(path)
+        self._listings[path] = Listing(entries, fetched)
+        self._listing_entries += len(entries)
+        while self._listing_entries > self.max_listing_entries:
+            oldest = next(iter(self._listings))
+            self._drop_listing(oldest)
+
+    def _drop_listing(self, path: str) -> None:
+        lst = self._listings.pop(path, None)
+        if lst is not None:
+            self._listing_entries -= len(lst.entries)
+
+
+@dataclass
+class _Walk:
+    last: int
+    streak: int
+    prefetched_upto: int
+
+
+class WalkDetector:
+    """Spots a reader opening a directory's files in listing order (an image dataset read by a
+    data loader) and names the next small files worth fetching before they are opened.
+
+    Parallel readers open neighbouring files slightly out of order, so any open within `slack`
+    positions of the furthest one seen counts as part of the walk.
+    """
+
+    def __init__(
+        self, ahead: int, max_size: int, *, slack: int = 16, streak: int = 2, max_dirs: int = 256
+    ):
+        self.ahead = ahead
+        self.max_size = max_size
+        self.slack = slack
+        self.streak = streak
+        self.max_dirs = max_dirs
+        self._walks: OrderedDict[str, _Walk] = OrderedDict()
+
+    def on_open(self, directory: str, listing: Listing, name: str) -> list[ObjectInfo]:
+        """Note that `name` in `directory` was opened; return the files to prefetch now."""
+        pos = listing.position(name)
+        if pos is None or self.ahead <= 0:
+            return []
+        walk = self._walks.get(directory)
+        if walk is not None and walk.last - self.slack < pos <= walk.last + self.slack:
+            if pos != walk.last:
+                walk.streak += 1
+            walk.last = max(walk.last, pos)
+            self._walks.move_to_end(directory)
+        else:
+            walk = self._walks[directory] = _Walk(last=pos, streak=1, prefetched_upto=pos)
+            while len(self._walks) > self.max_dirs:
+                self._walks.popitem(last=False)
+        if walk.streak < self.streak:
+            return []
+        start = max(walk.prefetched_upto, walk.last) + 1
+        stop = min(len(listing.entries), walk.last + 1 + self.ahead)
+        if start >= stop:
+            return []
+        walk.prefetched_upto = stop - 1
+        return [
+            e for e in listing.entries[start:stop] if not e.is_dir and 0 < e.size <= self.max_size
+        ]

@@ -1,0 +1,524 @@
+"""The pyfuse3 request handlers of a read-only mount.
+
+Every handler goes through `_handler`, the one place where exceptions become errno values: only
+FUSEError leaves this module (pyfuse3's main loop dies on anything else). Backend errors carry
+their errno; a timeout is EIO; anything unexpected is EIO, logged with its traceback once.
+
+The mount's live facts are served as an unlisted file at the root, STATS_NAME, not as an
+extended attribute: `ls -l` probes two xattrs per file, and answering ENOSYS to getxattr makes
+the kernel stop asking (measured: 20,000 fewer requests for `ls -lR` of 10,000 files).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import FUSEError
+
+from ..backends.base import BackendError, NotFound, ObjectInfo, TrioBackend, is_safe_name, join
+from .inodes import InodeTable, Node, Timeouts, WalkDetector
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .datapath import DataPath, FileReader
+
+log = logging.getLogger(__name__)
+
+STATS_NAME = ".__amlfs_stats__"
+STATS_INODE = pyfuse3.ROOT_INODE + 1  # reserved; the inode table starts after it
+# What stat(2) reports as the preferred I/O size: big enough for few round trips through FUSE,
+# small enough that buffered readers (Python's io uses it) do not allocate megabytes per file.
+BLKSIZE = 128 * 1024
+# O_APPEND alone is fine on a read-only open (Linux allows O_RDONLY | O_APPEND).
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+_STATS_NAME_B = STATS_NAME.encode()
+# Entries 1 and 2 of every directory are '.' and '..'; listing entry i has offset i + 3.
+_FIRST_ENTRY = 2
+
+_OPAQUE = (pyfuse3.RequestContext, pyfuse3.ReaddirToken)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass
+class OperationsConfig:
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    request_timeout: float = 60.0  # bound on one metadata call (stat, one LIST page)
+    small_file_size: int = 8 * 1024 * 1024  # files at most this big are prefetched by walks
+    walk_prefetch: int = 16  # files fetched ahead of a reader walking a directory in order
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+
+
+@dataclass(eq=False)
+class _DirHandle:
+    node: Node
+    entries: list[ObjectInfo] = field(default_factory=list)
+    token: str | None = None
+    done: bool = False
+    started: float = 0.0
+
+
+@dataclass(eq=False)
+class _FileHandle:
+    node: Node
+    reader: FileReader
+
+
+def _handler(op: str) -> Callable[[F], F]:
+    """Count the request and turn every failure into a FUSEError with the right errno."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(self: Operations, *args: Any) -> Any:
+            self.stats.incr(f"requests.{op}")
+            if self._debug:
+                log.debug("%s%r", op, tuple(a for a in args if not isinstance(a, _OPAQUE)))
+            try:
+                return await fn(self, *args)
+            except FUSEError as e:
+                self._count_error(e.errno)
+                raise
+            except BackendError as e:
+                self._count_error(e.errno)
+                level = logging.DEBUG if e.errno == errno.ENOENT else logging.WARNING
+                log.log(level, "%s: %s", op, e)
+                raise FUSEError(e.errno) from None
+            except trio.TooSlowError:
+                self._count_error(errno.EIO)
+                log.warning(
+                    "%s: the storage did not answer within %.0f s", op, self.request_timeout
+                )
+                raise FUSEError(errno.EIO) from None
+            except Exception as e:
+                self._count_error(errno.EIO)
+                key = (op, type(e).__name__)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.exception("%s: unexpected failure (further ones logged in one line)", op)
+                else:
+                    log.error("%s: unexpected failure: %r", op, e)
+                raise FUSEError(errno.EIO) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _refuse(op: str, code: int = errno.EROFS) -> Callable[..., Awaitable[Any]]:
+    @_handler(op)
+    async def refuse(self: Operations, *args: Any) -> Any:
+        raise FUSEError(code)
+
+    refuse.__name__ = op
+    return refuse
+
+
+class Operations(pyfuse3.Operations):
+    """A read-only view of one directory of a datastore (the mount's root: `root.path`)."""
+
+    enable_writeback_cache = False
+    supports_dot_lookup = True
+
+    def __init__(
+        self,
+        backend: TrioBackend,
+        datapath: DataPath,
+        root: ObjectInfo,
+        stats: Stats,
+        config: OperationsConfig | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
+    ):
+        super().__init__()
+        self.backend = backend
+        self.datapath = datapath
+        self.stats = stats
+        self.config = config or OperationsConfig()
+        self.timeouts = self.config.timeouts
+        self.request_timeout = self.config.request_timeout
+        self.table = InodeTable(
+            root, self.timeouts, on_changed=self._changed, first_inode=STATS_INODE + 1
+        )
+        self.walks = WalkDetector(self.config.walk_prefetch, self.config.small_file_size)
+        self._describe = describe
+        self._files: dict[int, _FileHandle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._stats_files: dict[int, bytes] = {}
+        self._next_fh = 1
+        self._reported: set[tuple[str, str]] = set()
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._mount_time_ns = time.time_ns()  # the mtime of directories that have none
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _count_error(self, code: int) -> None:
+        self.stats.incr(f"errors.{errno.errorcode.get(code, str(code))}")
+
+    def _changed(self, old: ObjectInfo) -> None:
+        self.datapath.forget_path(old.path)
+
+    def _node(self, inode: int) -> Node:
+        node = self.table.get(inode)
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        info = node.info
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        a.entry_timeout = self.timeouts.attr
+        a.attr_timeout = self.timeouts.attr
+        if info.is_dir:
+            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_size = 0
+        else:
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_size = info.size
+        # 1 means "not counted": tools must not infer the number of subdirectories from it.
+        a.st_nlink = 1
+        a.st_uid = self.config.uid
+        a.st_gid = self.config.gid
+        a.st_blksize = BLKSIZE
+        a.st_blocks = (a.st_size + 511) // 512
+        mtime = int(info.mtime * 1e9) if info.mtime else self._mount_time_ns
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+        return a
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        # st_ino = 0 lets the kernel cache the miss for entry_timeout.
+        self.stats.incr("negative_lookups")
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = self.timeouts.negative
+        a.attr_timeout = self.timeouts.negative
+        return a
+
+    async def _stat(self, path: str) -> ObjectInfo:
+        self.stats.incr("backend.stat")
+        with trio.fail_after(self.request_timeout):
+            return await self.backend.stat(path)
+
+    async def _list_page(self, path: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+        self.stats.incr("backend.list")
+        with trio.fail_after(self.request_timeout):
+            return await self.backend.list_page(path, token)
+
+    async def _refresh(self, node: Node) -> Node:
+        """`node` with attributes no older than the attribute timeout."""
+        if self.table.is_fresh(node):
+            return node
+        started = self.table.clock()
+        parent, _, name = node.path.rpartition("/")
+        listing = self.table.listing(parent) if node is not self.table.root else None
+        if listing is not None and listing.fetched > node.fetched:
+            info = listing.get(name)
+            started = listing.fetched
+            if info is None:
+                self.table.drop(node)
+                raise FUSEError(errno.ENOENT)
+        else:
+            try:
+                info = await self._stat(node.path)
+            except NotFound:
+                if node is self.table.root:
+                    # A prefix that vanished shows as an empty directory, not a broken mount.
+                    node.fetched = started
+                    return node
+                self.table.drop(node)
+                raise
+        current = self.table.update(info, fetched=started)
+        if current is not node and node is not self.table.root:
+            raise FUSEError(errno.ESTALE)  # changed kind: the kernel must look it up afresh
+        return node
+
+    def _child_path(self, parent: Node, name: bytes) -> str:
+        decoded = os.fsdecode(name)
+        if not is_safe_name(decoded):
+            raise FUSEError(errno.ENOENT)
+        return join(parent.path, decoded)
+
+    # --- metadata --------------------------------------------------------------------------------
+
+    @_handler("lookup")
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == pyfuse3.ROOT_INODE and name == _STATS_NAME_B:
+            return self._stats_attributes()
+        parent = self._node(parent_inode)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            up = parent.path.rpartition("/")[0] if parent is not self.table.root else parent.path
+            node = self.table.by_path(up) or self.table.root
+        else:
+            path = self._child_path(parent, name)
+            node = self.table.by_path(path)
+            if node is None or not self.table.is_fresh(node):
+                started = self.table.clock()
+                listing = self.table.listing(parent.path)
+                if listing is not None:
+                    info = listing.get(os.fsdecode(name))
+                    started = listing.fetched
+                else:
+                    try:
+                        info = await self._stat(path)
+                    except NotFound:
+                        info = None
+                if info is None:
+                    if node is not None:
+                        self.table.drop(node)
+                    return self._negative()
+                node = self.table.update(info, fetched=started)
+        node.lookups += 1
+        return self.attributes(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # Not a request: it must not raise anything at all.
+        try:
+            for inode, nlookup in inode_list:
+                self.table.forget(inode, nlookup)
+        except Exception:
+            log.exception("forget failed")
+
+    @_handler("getattr")
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        if inode == STATS_INODE:
+            return self._stats_attributes()
+        return self.attributes(await self._refresh(self._node(inode)))
+
+    @_handler("statfs")
+    async def statfs(self, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = 4096
+        # Remote storage has no meaningful capacity; nothing is free on a read-only mount.
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.table)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # --- directories -----------------------------------------------------------------------------
+
+    @_handler("opendir")
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> int:
+        node = self._node(inode)
+        if not node.info.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        handle = _DirHandle(node, started=self.table.clock())
+        listing = self.table.listing(node.path)
+        if listing is not None:
+            handle.entries, handle.done, handle.started = listing.entries, True, listing.fetched
+        fh = self._fh()
+        self._dirs[fh] = handle
+        return fh
+
+    @_handler("readdir")
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise FUSEError(errno.EBADF)
+        node = handle.node
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self.attributes(node), 1):
+                return
+            start_id = 1
+        if start_id < _FIRST_ENTRY:
+            up = node
+            if node is not self.table.root:
+                up = self.table.by_path(node.path.rpartition("/")[0]) or self.table.root
+            if not pyfuse3.readdir_reply(token, b"..", self.attributes(up), _FIRST_ENTRY):
+                return
+            start_id = _FIRST_ENTRY
+        i = start_id - _FIRST_ENTRY
+        while True:
+            if i >= len(handle.entries):
+                if handle.done:
+                    return
+                # Stream: one LIST page at a time, and reply with it before asking for the next.
+                await self._fetch_page(handle)
+                continue
+            info = handle.entries[i]
+            child = self.table.remember(info, fetched=handle.started)
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(info.name), self.attributes(child), i + _FIRST_ENTRY + 1
+            ):
+                self.table.forget(child.inode, 1)
+                return
+            i += 1
+
+    async def _fetch_page(self, handle: _DirHandle) -> None:
+        path = handle.node.path
+        page, token = await self._list_page(path, handle.token)
+        prefix = f"{path}/" if path else ""
+        at_root = handle.node is self.table.root
+        for e in page:
+            if at_root and e.name == STATS_NAME:
+                self._log_once(("name", e.path), "%r is hidden by the mount's stats file", e.path)
+                continue
+            # Backends skip unsafe names; this is the last line of defence for the kernel.
+            if is_safe_name(e.name) and e.path == prefix + e.name:
+                handle.entries.append(e)
+            else:
+                self._log_once(("name", e.path), "skipping entry %r: not a safe name", e.path)
+        handle.token = token
+        if not token:
+            handle.done = True
+            self.table.store_listing(path, handle.entries, handle.started)
+
+    def _log_once(self, key: tuple[str, str], msg: str, *args: Any) -> None:
+        if key not in self._reported and len(self._reported) < 10_000:
+            self._reported.add(key)
+            log.warning(msg, *args)
+
+    @_handler("releasedir")
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_handler("fsyncdir")
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # --- files -----------------------------------------------------------------------------------
+
+    @_handler("open")
+    async def open(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise FUSEError(errno.EROFS)
+        if inode == STATS_INODE:
+            fh = self._fh()
+            self._stats_files[fh] = json.dumps(self.describe(), sort_keys=True).encode() + b"\n"
+            # direct_io: the size is unknown until open, and must not be cached.
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        node = await self._refresh(self._node(inode))
+        if node.info.is_dir:
+            raise FUSEError(errno.EISDIR)
+        info = node.info
+        reader = self.datapath.open(info.path, info)
+        # The page cache survives only while the object is the one the last open saw.
+        keep = node.last_open_etag is not None and node.last_open_etag == info.etag
+        node.last_open_etag = info.etag
+        fh = self._fh()
+        self._files[fh] = _FileHandle(node, reader)
+        self._prefetch_walk(info)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _prefetch_walk(self, info: ObjectInfo) -> None:
+        directory = info.path.rpartition("/")[0]
+        listing = self.table.listing(directory)
+        if listing is None:
+            return
+        upcoming = self.walks.on_open(directory, listing, info.name)
+        if upcoming:
+            self.stats.incr("walk_prefetch_files", len(upcoming))
+            self.datapath.prefetch_files(upcoming)
+
+    @_handler("read")
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._files.get(fh)
+        if handle is None:
+            doc = self._stats_files.get(fh)
+            if doc is None:
+                raise FUSEError(errno.EBADF)
+            return doc[off : off + size]
+        data = await handle.reader.read(off, size)
+        self.stats.incr("bytes_read", len(data))
+        return data
+
+    @_handler("release")
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            handle.reader.close()
+        self._stats_files.pop(fh, None)
+
+    @_handler("flush")
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_handler("fsync")
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # --- extended attributes ---------------------------------------------------------------------
+
+    @_handler("getxattr")
+    async def getxattr(
+        self, inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> bytes:
+        # ENOSYS once: the kernel then answers every later getxattr itself (EOPNOTSUPP), which
+        # spares `ls -l` a round trip per file for its ACL and SELinux probes.
+        raise FUSEError(errno.ENOSYS)
+
+    @_handler("listxattr")
+    async def listxattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> Sequence[bytes]:
+        raise FUSEError(errno.ENOSYS)
+
+    def _stats_attributes(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = STATS_INODE
+        a.entry_timeout = a.attr_timeout = 0  # never cached: every read is live
+        a.st_mode = stat.S_IFREG | 0o444
+        a.st_nlink = 1
+        a.st_uid, a.st_gid = self.config.uid, self.config.gid
+        a.st_blksize = BLKSIZE
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
+        return a
+
+    def describe(self) -> dict[str, Any]:
+        """Live facts and counters, served as the root's unlisted STATS_NAME file."""
+        out: dict[str, Any] = dict(self._describe()) if self._describe else {}
+        counters = self.stats.snapshot()
+        counters["inodes"] = len(self.table)
+        counters["open_files"] = len(self._files)
+        out["counters"] = counters
+        return out
+
+    # --- everything that would write -------------------------------------------------------------
+
+    setattr = _refuse("setattr")
+    setxattr = _refuse("setxattr")
+    removexattr = _refuse("removexattr")
+    mknod = _refuse("mknod")
+    mkdir = _refuse("mkdir")
+    unlink = _refuse("unlink")
+    rmdir = _refuse("rmdir")
+    symlink = _refuse("symlink")
+    rename = _refuse("rename")
+    link = _refuse("link")
+    create = _refuse("create")
+    write = _refuse("write")
+
+    # --- teardown --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """After the kernel connection ended: close readers, release every inode."""
+        for handle in self._files.values():
+            handle.reader.close()
+        self._files.clear()
+        self._dirs.clear()
+        self.table.forget_all()
