@@ -26,6 +26,47 @@ from .registry import (
 DATASTORE_TYPES = {BLOB: "AzureBlob", FILE: "AzureFile", ADLS: "AzureDataLakeGen2", LOCAL: "Local"}
 
 
+def register_datastore(
+    workspace: Workspace,
+    cfg: DatastoreConfig,
+    overwrite: bool = False,
+    create_if_not_exists: bool = False,
+    make_default: bool = False,
+) -> Datastore:
+    """Validate `cfg`, create its storage on request, add it to the registry and save."""
+    cfg = parse_datastore(datastore_to_dict(cfg), source=f"datastore '{cfg.name}'")
+    reg = workspace.registry
+    if cfg.name in reg.datastores and not overwrite:
+        reg.add(cfg)  # refuses, naming the datastore
+    if create_if_not_exists:
+        open_backend(cfg, create_if_not_exists=True).close()
+    reg.add(cfg, overwrite=overwrite, make_default=make_default)
+    reg.save()
+    return Datastore(workspace, cfg.name)
+
+
+def _azure_config(
+    ds_type: str,
+    name: str,
+    account_name: str | None,
+    protocol: str | None,
+    endpoint: str | None,
+    account_url: str | None,
+    container: dict[str, str],
+    **credentials: str | None,
+) -> DatastoreConfig:
+    return DatastoreConfig(
+        name=name,
+        type=ds_type,
+        account_name=account_name,
+        protocol=protocol or "https",
+        endpoint=endpoint or "core.windows.net",
+        account_url=account_url,
+        credentials=Credentials(**credentials),
+        **container,
+    )
+
+
 class DatastoreMap(dict):
     """`ws.datastores`: a mapping name -> Datastore. Also callable, returning the datastores,
     because the v1 guide iterates `ws.datastores()`."""
@@ -97,16 +138,10 @@ class Datastore:
     def _register(
         workspace: Workspace, cfg: DatastoreConfig, overwrite: bool, create_if_not_exists: bool
     ) -> Datastore:
-        cfg = parse_datastore(datastore_to_dict(cfg), source="register call")
-        reg = workspace.registry
-        if cfg.name in reg.datastores and not overwrite:
+        if cfg.name in workspace.registry.datastores and not overwrite:
             # As in Azure ML v1: registering an existing name without overwrite keeps the old one.
             return Datastore(workspace, cfg.name)
-        if create_if_not_exists:
-            open_backend(cfg, create_if_not_exists=True).close()
-        reg.add(cfg, overwrite=True)
-        reg.save()
-        return Datastore(workspace, cfg.name)
+        return register_datastore(workspace, cfg, True, create_if_not_exists)
 
     @staticmethod
     def register_azure_blob_container(
@@ -130,17 +165,17 @@ class Datastore:
         **kwargs,
     ) -> Datastore:
         _check_kwargs("register_azure_blob_container", kwargs, [])
-        cfg = DatastoreConfig(
-            name=datastore_name,
-            type=BLOB,
-            account_name=account_name,
-            container_name=container_name,
-            protocol=protocol or "https",
-            endpoint=endpoint or "core.windows.net",
-            account_url=account_url,
-            credentials=Credentials(
-                account_key=account_key, sas_token=sas_token, connection_string=connection_string
-            ),
+        cfg = _azure_config(
+            BLOB,
+            datastore_name,
+            account_name,
+            protocol,
+            endpoint,
+            account_url,
+            {"container_name": container_name},
+            account_key=account_key,
+            sas_token=sas_token,
+            connection_string=connection_string,
         )
         return Datastore._register(workspace, cfg, overwrite, create_if_not_exists)
 
@@ -167,17 +202,17 @@ class Datastore:
         share = file_share_name or container_name
         if not share:
             raise TypeError("register_azure_file_share() needs file_share_name")
-        cfg = DatastoreConfig(
-            name=datastore_name,
-            type=FILE,
-            account_name=account_name,
-            file_share_name=share,
-            protocol=protocol or "https",
-            endpoint=endpoint or "core.windows.net",
-            account_url=account_url,
-            credentials=Credentials(
-                account_key=account_key, sas_token=sas_token, connection_string=connection_string
-            ),
+        cfg = _azure_config(
+            FILE,
+            datastore_name,
+            account_name,
+            protocol,
+            endpoint,
+            account_url,
+            {"file_share_name": share},
+            account_key=account_key,
+            sas_token=sas_token,
+            connection_string=connection_string,
         )
         return Datastore._register(workspace, cfg, overwrite, create_if_not_exists)
 
@@ -209,22 +244,20 @@ class Datastore:
             kwargs,
             ["tenant_id", "client_id", "client_secret", "filesystem"],
         )
-        cfg = DatastoreConfig(
-            name=datastore_name,
-            type=ADLS,
-            account_name=account_name,
-            filesystem=filesystem,
-            protocol=protocol or "https",
-            endpoint=endpoint or "core.windows.net",
-            account_url=account_url,
-            credentials=Credentials(
-                tenant_id=tenant_id,
-                client_id=client_id,
-                client_secret=client_secret,
-                authority_url=authority_url,
-                account_key=account_key,
-                sas_token=sas_token,
-            ),
+        cfg = _azure_config(
+            ADLS,
+            datastore_name,
+            account_name,
+            protocol,
+            endpoint,
+            account_url,
+            {"filesystem": filesystem},
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            authority_url=authority_url,
+            account_key=account_key,
+            sas_token=sas_token,
         )
         return Datastore._register(workspace, cfg, overwrite, create_if_not_exists)
 

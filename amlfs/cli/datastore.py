@@ -66,166 +66,83 @@ def _common_options(f):
     return f
 
 
-def _one_credential(account_key, sas_token, connection_string) -> Credentials:
-    given = [x for x in (account_key, sas_token, connection_string) if x]
-    if len(given) > 1:
+def _credentials(opts: dict) -> Credentials:
+    """The one credential group given on the command line (key, SAS, connection string or a
+    service principal), taken out of `opts`."""
+    simple = {k: opts.pop(k, None) for k in ("account_key", "sas_token", "connection_string")}
+    sp = {k: opts.pop(k, None) for k in ("tenant_id", "client_id", "client_secret")}
+    authority_url = opts.pop("authority_url", None)
+    if sum(1 for v in simple.values() if v) > 1:
         raise UsageError("give at most one of --account-key, --sas-token and --connection-string")
-    return Credentials(
-        account_key=account_key,
-        sas_token=sas_token.lstrip("?") if sas_token else None,
-        connection_string=connection_string,
-    )
+    if any(sp.values()):
+        if not all(sp.values()):
+            raise UsageError(
+                "a service principal needs --tenant-id, --client-id and --client-secret"
+            )
+        if any(simple.values()):
+            raise UsageError("give either a service principal or a key/SAS/connection string")
+        return Credentials(**sp, authority_url=authority_url)
+    if simple["sas_token"]:
+        simple["sas_token"] = simple["sas_token"].lstrip("?")
+    return Credentials(**simple)
 
 
 def _save(app: AppContext, ds: DatastoreConfig, overwrite: bool, make_default: bool, create: bool):
-    from ..backends import open_backend
+    from ..workspace import Workspace, register_datastore
 
+    register_datastore(Workspace(app.registry), ds, overwrite, create, make_default)
     reg = app.registry
-    # Validate through the registry's own rules before touching storage or disk.
-    from ..registry import parse_datastore
-
-    ds = parse_datastore(datastore_to_dict(ds), source="command line")
-    if create:
-        backend = open_backend(ds, create_if_not_exists=True)
-        backend.close()
-    reg.add(ds, overwrite=overwrite, make_default=make_default)
-    reg.save()
     suffix = " (default)" if reg.default == ds.name else ""
     click.echo(f"registered {TYPE_LABELS[ds.type]} datastore '{ds.name}'{suffix} in {reg.path}")
 
 
-@register.command("blob")
-@click.argument("name")
-@click.option("--container-name", required=True)
-@_credential_options
-@_common_options
-@pass_app
-def register_blob(
-    app: AppContext,
-    name,
-    container_name,
-    account_key,
-    sas_token,
-    connection_string,
-    account_name,
-    account_url,
-    endpoint,
-    protocol,
-    description,
-    create_if_not_exists,
-    make_default,
-    overwrite,
-):
-    """Register an Azure Blob container."""
-    ds = DatastoreConfig(
-        name=name,
-        type=BLOB,
-        description=description,
-        account_name=account_name,
-        container_name=container_name,
-        endpoint=endpoint,
-        protocol=protocol,
-        account_url=account_url,
-        credentials=_one_credential(account_key, sas_token, connection_string),
-    )
-    _save(app, ds, overwrite, make_default, create_if_not_exists)
+def _azure_command(kind: str, ds_type: str, field: str, option: str, doc: str, extra=()):
+    """One `register KIND` command: NAME, the container/share/filesystem option, credentials."""
 
-
-@register.command("file")
-@click.argument("name")
-@click.option("--share-name", required=True)
-@_credential_options
-@_common_options
-@pass_app
-def register_file(
-    app: AppContext,
-    name,
-    share_name,
-    account_key,
-    sas_token,
-    connection_string,
-    account_name,
-    account_url,
-    endpoint,
-    protocol,
-    description,
-    create_if_not_exists,
-    make_default,
-    overwrite,
-):
-    """Register an Azure File share."""
-    ds = DatastoreConfig(
-        name=name,
-        type=FILE,
-        description=description,
-        account_name=account_name,
-        file_share_name=share_name,
-        endpoint=endpoint,
-        protocol=protocol,
-        account_url=account_url,
-        credentials=_one_credential(account_key, sas_token, connection_string),
-    )
-    _save(app, ds, overwrite, make_default, create_if_not_exists)
-
-
-@register.command("adls")
-@click.argument("name")
-@click.option("--filesystem", required=True)
-@click.option("--tenant-id")
-@click.option("--client-id")
-@click.option("--client-secret")
-@click.option("--authority-url")
-@_credential_options
-@_common_options
-@pass_app
-def register_adls(
-    app: AppContext,
-    name,
-    filesystem,
-    tenant_id,
-    client_id,
-    client_secret,
-    authority_url,
-    account_key,
-    sas_token,
-    connection_string,
-    account_name,
-    account_url,
-    endpoint,
-    protocol,
-    description,
-    create_if_not_exists,
-    make_default,
-    overwrite,
-):
-    """Register an ADLS Gen2 filesystem (service principal, key or SAS)."""
-    creds = _one_credential(account_key, sas_token, connection_string)
-    sp = [tenant_id, client_id, client_secret]
-    if any(sp):
-        if not all(sp):
-            raise UsageError(
-                "a service principal needs --tenant-id, --client-id and --client-secret"
-            )
-        if not creds.is_empty():
-            raise UsageError("give either a service principal or a key/SAS/connection string")
-        creds = Credentials(
-            tenant_id=tenant_id,
-            client_id=client_id,
-            client_secret=client_secret,
-            authority_url=authority_url,
+    @pass_app
+    def command(
+        app: AppContext, name, container, create_if_not_exists, make_default, overwrite, **opts
+    ):
+        creds = _credentials(opts)
+        ds = DatastoreConfig(
+            name=name, type=ds_type, credentials=creds, **{field: container}, **opts
         )
-    ds = DatastoreConfig(
-        name=name,
-        type=ADLS,
-        description=description,
-        account_name=account_name,
-        filesystem=filesystem,
-        endpoint=endpoint,
-        protocol=protocol,
-        account_url=account_url,
-        credentials=creds,
-    )
-    _save(app, ds, overwrite, make_default, create_if_not_exists)
+        _save(app, ds, overwrite, make_default, create_if_not_exists)
+
+    command.__doc__ = doc
+    for decorate in reversed(
+        [
+            register.command(kind),
+            click.argument("name"),
+            click.option(option, "container", required=True),
+            *extra,
+            _credential_options,
+            _common_options,
+        ]
+    ):
+        command = decorate(command)
+    return command
+
+
+register_blob = _azure_command(
+    "blob", BLOB, "container_name", "--container-name", "Register an Azure Blob container."
+)
+register_file = _azure_command(
+    "file", FILE, "file_share_name", "--share-name", "Register an Azure File share."
+)
+register_adls = _azure_command(
+    "adls",
+    ADLS,
+    "filesystem",
+    "--filesystem",
+    "Register an ADLS Gen2 filesystem (service principal, key or SAS).",
+    extra=[
+        click.option("--tenant-id"),
+        click.option("--client-id"),
+        click.option("--client-secret"),
+        click.option("--authority-url"),
+    ],
+)
 
 
 @register.command("local")
