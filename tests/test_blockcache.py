@@ -169,3 +169,21 @@ def test_extent_repr_and_errors_carry_no_data():
     assert "failed" in repr(ext)
     with pytest.raises(KeyError):
         BlockCache(1, Stats())._lru.popitem()
+
+
+def test_a_read_inside_one_extent_is_a_read_only_view_that_outlives_eviction():
+    c = BlockCache(200, Stats())
+    ext = fetch(c, "f", 0, 100)
+    view = c.get("f", '"e"', 10, 20)
+    assert isinstance(view, memoryview) and view.readonly
+    assert view == b"\x00" * 10
+    assert view.obj is ext.data  # no copy
+    with pytest.raises(TypeError):
+        view[0] = 1
+    fetch(c, "g", 0, 200)  # evicts f
+    assert c.get("f", '"e"', 10, 20) is None
+    assert bytes(view) == b"\x00" * 10  # the reader's view keeps its bytes alive
+    fetch(c, "h", 0, 50)
+    fetch(c, "h", 50, 100)
+    joined = c.get("h", '"e"', 40, 60)
+    assert isinstance(joined, bytes) and joined == b"\x00" * 10 + b"\x32" * 10

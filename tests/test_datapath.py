@@ -27,6 +27,7 @@ from amlfs.backends.base import (
     Transient,
     TrioBackend,
 )
+from amlfs.fs.blockcache import Extent
 from amlfs.fs.datapath import DataPath, DataPathConfig
 from amlfs.fs.stats import Stats
 
@@ -218,6 +219,45 @@ def test_sequential_read_fetches_each_byte_once_in_block_sized_gets(chunk):
     assert stats.counters["prefetch_hits"] > 0
     assert stats.counters["bytes_fetched"] == size
     assert r._readahead.window > SMALL.initial_window  # it starved at least once, then grew
+
+
+class IntoBackend(ModelBackend):
+    """A backend that receives into the caller's buffer, recording which entry point was used."""
+
+    def __init__(self, files):
+        super().__init__(files)
+        self.into_calls = 0
+        self.bytes_calls = 0
+
+    def read_range(self, path, offset, length, etag=None):
+        self.bytes_calls += 1
+        return super().read_range(path, offset, length, etag)
+
+    def read_range_into(self, path, offset, buf, etag=None):
+        self.into_calls += 1
+        data = ModelBackend.read_range(self, path, offset, len(buf), etag)
+        buf[: len(data)] = data
+        return len(data)
+
+
+def test_blocks_are_received_in_place_and_served_without_copies():
+    size = SMALL.block_size * 2 + 5
+    data = pattern(size)
+    backend = IntoBackend({"f": data})
+
+    async def body(dp):
+        r = dp.open("f", backend.info("f"))
+        first = await r.read(0, 4096)
+        # A read inside one block is a read-only view of the cached block, not a copy.
+        assert isinstance(first, memoryview) and first.readonly
+        assert first == data[:4096]
+        across = await r.read(SMALL.block_size - 10, 20)  # spans two blocks: joined
+        assert bytes(across) == data[SMALL.block_size - 10 : SMALL.block_size + 10]
+        assert await read_all(r, 64 * KiB) == data
+        r.close()
+
+    run_with_datapath(backend, SMALL, body)
+    assert backend.into_calls > 0 and backend.bytes_calls == 0
 
 
 def test_kernel_like_concurrent_reads_on_one_handle_fetch_each_byte_once():
@@ -576,7 +616,11 @@ def test_a_failed_prefetch_is_swallowed_and_refetched_on_demand():
         while off < len(data):
             assert await r.read(off, 16 * KiB) == data[off : off + 16 * KiB]
             off += 16 * KiB
-            await trio.sleep(0.002)  # let prefetch run (and fail) ahead of the reader
+            # Let every fetch started so far finish (or fail) before the next read, so that the
+            # failures always hit prefetches, never a read that waits (no timing involved).
+            for item in dp.cache.cover("f", r.etag, off, len(data)):
+                if isinstance(item, Extent):
+                    await item.done.wait()
         r.close()
 
     run_with_datapath(backend, SMALL, body, stats)

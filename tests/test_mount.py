@@ -528,3 +528,53 @@ def test_odd_mountpoint_and_prefix_names_round_trip(local_mounts, local_config):
     r = local_mounts.cli("unmount", str(mp))
     assert r.returncode == 0, r.stderr
     assert control.find_mount(str(mp)) is None
+
+
+# --- kernel read-ahead ---------------------------------------------------------------------------
+
+
+def test_mount_device_reads_the_topmost_escaped_mountinfo_line(tmp_path):
+    from amlfs.fs.daemon import mount_device
+
+    info = tmp_path / "mountinfo"
+    info.write_bytes(
+        b"36 35 0:50 / /mnt/a\\040b\\134c rw - fuse.amlfs loc:x rw\n"
+        b"37 36 0:51 / /mnt/a\\040b\\134c rw - fuse.amlfs loc:y rw\n"
+        b"38 35 0:52 / /mnt/other rw - tmpfs tmpfs rw\n"
+    )
+    assert mount_device("/mnt/a b\\c", str(info)) == (0, 51)
+    assert mount_device("/mnt/missing", str(info)) is None
+
+
+def test_set_read_ahead_writes_the_bdi_or_gives_up_quietly(tmp_path):
+    from amlfs.fs.daemon import set_read_ahead
+
+    info = tmp_path / "mountinfo"
+    info.write_text("36 35 0:50 / /mnt/x rw - fuse.amlfs loc: rw\n")
+    bdi = tmp_path / "bdi"
+    (bdi / "0:50").mkdir(parents=True)
+    (bdi / "0:50" / "read_ahead_kb").write_text("128\n")
+    assert set_read_ahead("/mnt/x", 4 << 20, bdi_dir=str(bdi), mountinfo=str(info))
+    assert (bdi / "0:50" / "read_ahead_kb").read_text() == "4096"
+    # No such bdi (or no permission, or no such mount): False, no exception.
+    assert not set_read_ahead("/mnt/x", 4 << 20, bdi_dir=str(tmp_path / "no"), mountinfo=str(info))
+    assert not set_read_ahead("/mnt/y", 4 << 20, bdi_dir=str(bdi), mountinfo=str(info))
+
+
+def _bdi_read_ahead_kb(mp: Path) -> int:
+    dev = os.stat(mp).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting a bdi's read-ahead needs root")
+def test_read_ahead_is_set_on_the_mounts_bdi(local_mounts, local_config):
+    Path(local_config.path, "f").write_bytes(b"x" * 100_000)
+    mp = local_mounts.mount("loc:", "--read-ahead", "2M")
+    assert _bdi_read_ahead_kb(mp) == 2048
+    assert control.read_facts(str(mp))["read_ahead"] == 2 << 20
+    assert (mp / "f").read_bytes() == b"x" * 100_000
+    mp2 = local_mounts.mount("loc:", "-o", "read_ahead=0", name="mnt2")
+    assert _bdi_read_ahead_kb(mp2) == 128  # the kernel's FUSE default, untouched
+    assert control.read_facts(str(mp2))["read_ahead"] is None
+    r = local_mounts.cli("mount", "--read-ahead", "2T", "loc:", str(local_mounts.mountpoint("m3")))
+    assert r.returncode == 2 and "bad --read-ahead" in r.stderr

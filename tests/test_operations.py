@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,7 +18,7 @@ import pytest
 import trio
 from pyfuse3 import FUSEError
 
-from amlfs.backends.base import ObjectInfo, TrioBackend
+from amlfs.backends.base import BackendError, ObjectInfo, TrioBackend
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
 from amlfs.fs.datapath import DataPath, DataPathConfig
@@ -83,6 +84,7 @@ def run(
     timeouts: Timeouts | None = None,
     request_timeout: float = 10.0,
     walk_prefetch: int = 4,
+    listing_prefetch: int = 0,
 ) -> Operations:
     """Run `test(ops)` with a live data path; returns the Operations for post-mortem checks."""
     backend = backend or LocalBackend(str(store))
@@ -102,12 +104,14 @@ def run(
                 request_timeout=request_timeout,
                 small_file_size=BLOCK,
                 walk_prefetch=walk_prefetch,
+                listing_prefetch=listing_prefetch,
             ),
             describe=lambda: {"pid": os.getpid()},
         )
         result.append(ops)
         async with trio.open_nursery() as nursery:
             await nursery.start(dp.run)
+            await nursery.start(ops.run)
             await test(ops)
             nursery.cancel_scope.cancel()
 
@@ -511,3 +515,115 @@ def test_close_releases_everything(store):
     ops = run(store, t)
     ops.close()
     assert len(ops.table) == 1 and not ops._files
+
+
+def _tree(root, dirs: int, files: int) -> None:
+    for d in range(dirs):
+        sub = root / "tree" / f"d{d:02d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(files):
+            (sub.parent / f"f{i}").write_bytes(b"x" * i)
+
+
+def test_a_completed_listing_lists_its_subdirectories_in_the_background(tmp_path, kernel):
+    _tree(tmp_path, dirs=6, files=3)
+
+    async def t(ops: Operations):
+        tree = await lookup(ops, "tree")
+        stats = ops.stats.counters.get("backend.stat", 0)
+        fh = await ops.opendir(tree.st_ino)
+        await kernel.readdir(ops, fh)
+        await ops.releasedir(fh)
+        # Queued as the listing completed; they run while the reader is elsewhere.
+        assert set(ops._listing_fetches) == {f"tree/d{d:02d}" for d in range(6)}
+        while ops._listing_fetches:
+            await trio.sleep(0.001)
+        assert ops.stats.counters["listing_prefetches"] == 6
+        lists = ops.stats.counters["backend.list"]
+        # One level only: the background listings did not list their own subdirectories.
+        assert ops.table.listing("tree/d00") is not None
+        assert ops.table.listing("tree/d00/inner") is None
+        # ls -lR: every directory, its entries' attributes and lookups, without a request.
+        for d in range(6):
+            attr = await ops.lookup(tree.st_ino, f"d{d:02d}".encode())
+            fh = await ops.opendir(attr.st_ino)
+            kernel.entries.clear()
+            names = await kernel.readdir(ops, fh)
+            await ops.releasedir(fh)
+            assert names == [b".", b"..", b"f0", b"f1", b"f2", b"inner"]
+            sizes = {n: a.st_size for n, a, _ in kernel.entries}
+            assert sizes[b"f2"] == 2
+            f2 = await ops.lookup(attr.st_ino, b"f2")
+            assert (await ops.getattr(f2.st_ino)).st_size == 2
+        while ops._listing_fetches:
+            await trio.sleep(0.001)
+        assert ops.stats.counters["backend.list"] == lists + 6  # inner/: one level ahead again
+        assert ops.stats.counters.get("backend.stat", 0) == stats
+
+    run(tmp_path, t, listing_prefetch=2)
+
+
+def test_a_reader_waits_for_a_background_listing_in_flight(tmp_path, kernel, monkeypatch):
+    _tree(tmp_path, dirs=2, files=2)
+    gate = threading.Event()
+    real = LocalBackend.list_page
+
+    def slow_list(self, path, token=None):
+        if path.startswith("tree/d"):
+            gate.wait(10)
+        return real(self, path, token)
+
+    monkeypatch.setattr(LocalBackend, "list_page", slow_list)
+
+    async def t(ops: Operations):
+        tree = await lookup(ops, "tree")
+        fh = await ops.opendir(tree.st_ino)
+        await kernel.readdir(ops, fh)
+        await ops.releasedir(fh)
+        d0 = await ops.lookup(tree.st_ino, b"d00")
+        fh = await ops.opendir(d0.st_ino)
+        kernel.entries.clear()
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def reader() -> None:
+                got.extend(await kernel.readdir(ops, fh))
+
+            nursery.start_soon(reader)
+            await trio.sleep(0.05)
+            assert not got  # waiting on the background LIST, not issuing its own
+            gate.set()
+        assert got == [b".", b"..", b"f0", b"f1", b"inner"]
+        assert ops.stats.counters["listing_prefetch_waits"] == 1
+        assert ops.stats.counters["backend.list"] == 3  # tree, d00, d01: nothing twice
+
+    run(tmp_path, t, listing_prefetch=4)
+
+
+def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_path, kernel):
+    _tree(tmp_path, dirs=2, files=1)
+    backend = LocalBackend(str(tmp_path))
+    real = backend.list_page
+    failed: list[str] = []
+
+    def flaky(path, token=None):
+        if path.startswith("tree/d") and path not in failed:
+            failed.append(path)
+            raise BackendError("model: I/O error", path)
+        return real(path, token)
+
+    backend.list_page = flaky  # type: ignore[method-assign]
+
+    async def t(ops: Operations):
+        tree = await lookup(ops, "tree")
+        fh = await ops.opendir(tree.st_ino)
+        await kernel.readdir(ops, fh)
+        while ops._listing_fetches:
+            await trio.sleep(0.001)
+        d1 = await ops.lookup(tree.st_ino, b"d01")
+        fh = await ops.opendir(d1.st_ino)
+        kernel.entries.clear()
+        assert await kernel.readdir(ops, fh) == [b".", b"..", b"f0", b"inner"]
+        assert ops.stats.counters.get("listing_prefetches", 0) == 0
+
+    run(tmp_path, t, backend=backend, listing_prefetch=4)

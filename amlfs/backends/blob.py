@@ -10,84 +10,58 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
-import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    DecodeError,
-    HttpResponseError,
-    IncompleteReadError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings, ExponentialRetry
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings
 
-from ..credentials import (
-    ResolvedCredential,
-    account_url,
-    redact,
-    resolve_credential,
-    sdk_credential,
-)
+from ..credentials import ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
+from .azure import (
+    PAGE_SIZE,
+    AzureBackend,
+    BoundedRetry,
+    Failure,
+    Kind,
+    MiB,
+    client_options,
+    file_path,
+    is_folder,
+    pooled_transport,
+    quoted_etag,
+    read_exact,
+    resolve,
+    timestamp,
+)
 from .base import (
     AlreadyExists,
-    Backend,
     BackendError,
-    Changed,
     Forbidden,
     InvalidName,
-    IsADirectory,
     NotADirectory,
     NotFound,
     ObjectInfo,
-    Transient,
     is_safe_name,
     is_safe_relpath,
     normpath,
 )
-from .blobget import HttpStatusError, RangeReader
+from .blobget import BlobFastPath, HttpStatusError
 from .blobget import usable as blobget_usable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-MiB = 1024 * 1024
-PAGE_SIZE = 5000  # the service's maximum per List Blobs call
 MAX_BLOCKS = 50_000  # per block blob
-_MAX_LOGGED_NAMES = 10_000
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def _quote_etag(etag: str | None) -> str | None:
-    # List Blobs gives ETags bare, HEAD/GET quoted; If-Match and callers comparing ETags need one form.
-    if etag and not etag.startswith(('"', "W/")):
-        return f'"{etag}"'
-    return etag
 
 
 def _is_folder_marker(size: int | None, metadata: dict[str, str] | None) -> bool:
-    if size or not metadata:
-        return False
-    return any(
-        k.lower() == "hdi_isfolder" and str(v).strip().lower() == "true"
-        for k, v in metadata.items()
-    )
+    return not size and is_folder(metadata)
 
 
 def _file_info(path: str, props: Any) -> ObjectInfo:
@@ -96,27 +70,16 @@ def _file_info(path: str, props: Any) -> ObjectInfo:
         path=path,
         is_dir=False,
         size=props.size or 0,
-        etag=_quote_etag(props.etag),
-        mtime=props.last_modified.timestamp() if props.last_modified else 0.0,
+        etag=quoted_etag(props.etag),
+        mtime=timestamp(props.last_modified),
         content_md5=bytes(md5) if md5 else None,
     )
 
 
 def _dir_info(path: str, props: Any = None) -> ObjectInfo:
-    mtime = props.last_modified.timestamp() if props is not None and props.last_modified else 0.0
-    return ObjectInfo(path=path, is_dir=True, mtime=mtime)
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    """`n` bytes from `stream`, fewer only if it ends (pipes and sockets return short reads)."""
-    parts, got = [], 0
-    while got < n:
-        more = stream.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)  # one part: no copy
+    return ObjectInfo(
+        path=path, is_dir=True, mtime=timestamp(getattr(props, "last_modified", None))
+    )
 
 
 def _source_ended(rel: str, got: int, length: int) -> BackendError:
@@ -125,28 +88,7 @@ def _source_ended(rel: str, got: int, length: int) -> BackendError:
     )
 
 
-class _BoundedRetry(ExponentialRetry):
-    """Waits `backoff`, 2x, 4x... (jittered down to half), so that `retry_total` retries end
-    within a bounded time -- the SDK default (15 s + 3^n) can stall a FUSE read for a minute.
-    A credential that cannot produce a token is not retried: it will not change its mind."""
-
-    def __init__(self, backoff: float, retry_total: int):
-        super().__init__(initial_backoff=0, increment_base=2, retry_total=retry_total)
-        self.backoff = backoff
-
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        count = max(0, settings["count"] - 1)
-        return self.backoff * 2**count * random.uniform(0.5, 1.0)
-
-    def increment(
-        self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None
-    ) -> bool:
-        if isinstance(error, ClientAuthenticationError):
-            return False
-        return super().increment(settings, request, response=response, error=error)
-
-
-class BlobBackend(Backend):
+class BlobBackend(AzureBackend):
     """One blob container. Thread-safe: the SDK clients and the HTTP session are shared by all
     threads; the connection pool is sized for `max_connections` concurrent requests."""
 
@@ -166,51 +108,35 @@ class BlobBackend(Backend):
         read_timeout: float = 30.0,
         max_connections: int = 64,
     ):
+        parts = urlsplit(account_url)
+        self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
+        self.credential = credential  # the same as self.rc, never None here
         self.container = container
-        self.credential = credential
         self.block_size = block_size
         self.upload_block_size = upload_block_size
         self.upload_concurrency = max(1, upload_concurrency)
         # Uploads up to this size go in one Put Blob (read whole, so Content-MD5 can lead).
         self.single_put_size = upload_block_size
         self.page_size = PAGE_SIZE
-        parts = urlsplit(account_url)
-        self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-        self.description = f"blob container {container!r} at {self.account_url}"
-        self._logged: set[str] = set()
-        self._logged_lock = threading.Lock()
-
-        # Our own session: the SDK's default pool keeps 10 connections, fewer than the threads
-        # a mount or a transfer drives; urllib3's own retries stay off (the SDK policy retries).
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=max_connections, max_retries=0
+        transport, self._session = pooled_transport(
+            max_connections, connection_timeout, read_timeout
         )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        transport = RequestsTransport(
-            session=self._session,
-            session_owner=False,
-            connection_timeout=connection_timeout,
-            read_timeout=read_timeout,
-            connection_data_block_size=1 * MiB,
-        )
-        retry = _BoundedRetry(retry_backoff, retry_total=retry_total)
+        sdk_cred = sdk_credential(credential, account_name)
         self._cc = ContainerClient(
             self.account_url,
             container,
-            credential=sdk_credential(credential, account_name),
-            transport=transport,
-            retry_policy=retry,
-            max_single_get_size=block_size,
-            max_chunk_get_size=block_size,
+            credential=sdk_cred,
+            **client_options(
+                block_size, BoundedRetry(retry_backoff, retry_total), transport=transport
+            ),
         )
-        # Ranged reads, the hot path of download/stage/mount, bypass the SDK (see blobget.py).
-        self._ranges = (
-            RangeReader(
+        # Ranged reads and flat listings, the hot paths, bypass the SDK (see blobget.py).
+        self._fast = (
+            BlobFastPath(
                 self.account_url,
                 container,
-                sdk_credential(credential, account_name),
+                sdk_cred,
                 timeout=read_timeout,
                 retry_total=retry_total,
                 retry_backoff=retry_backoff,
@@ -226,8 +152,7 @@ class BlobBackend(Backend):
         """The backend for blob datastore `ds` (credential resolved as in credentials.py)."""
         if not ds.container_name:
             raise RegistryError(f"datastore {ds.name!r}: container_name is required")
-        rc = resolve_credential(ds)
-        url = account_url(ds, "blob", rc)
+        rc, url = resolve(ds, "blob")
         return cls(
             url,
             ds.container_name,
@@ -239,76 +164,29 @@ class BlobBackend(Backend):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _map_error(self, exc: BaseException, path: str) -> BackendError:
-        """The one place SDK and transport exceptions become typed BackendErrors."""
-        if isinstance(exc, BackendError):
-            return exc
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
-        code = getattr(exc, "error_code", None)
-        code = str(getattr(code, "value", code) or "")
-        what = f"{status} {code}".strip()
-        if log.isEnabledFor(logging.DEBUG):
-            detail = redact(f"{type(exc).__name__}: {exc}", self.credential)
-            log.debug("%s %r: %s", self.description, path, detail)
-        if isinstance(exc, ResourceModifiedError) or status == 412:
-            return Changed(f"{path!r} changed since it was opened (ETag mismatch)", path)
-        if code == "ContainerNotFound":
-            return NotFound(f"{self.description} does not exist (container not found)", path)
-        if isinstance(exc, ResourceNotFoundError) or status == 404:
-            return NotFound(f"no such file or directory: {path!r}", path)
-        if status in (401, 403):
-            return Forbidden(
-                f"access denied to {self.description} using {self.credential.source} (HTTP {what})",
-                path,
-            )
-        if isinstance(exc, ClientAuthenticationError):
-            # Raised by a TokenCredential before any request: no token could be had.
-            first = redact(str(exc), self.credential).strip().splitlines()
-            return Forbidden(
-                f"could not authenticate to {self.description} using {self.credential.source}"
-                f": {first[0] if first else type(exc).__name__}",
-                path,
-            )
-        if isinstance(exc, ResourceExistsError) and code in ("BlobAlreadyExists", ""):
-            return AlreadyExists(f"{path!r} exists", path)
-        if status in _TRANSIENT_STATUS or (status is not None and status >= 500):
-            return Transient(
-                f"{self.description}: {path!r}: the service failed (HTTP {what})", path
-            )
-        network = ServiceRequestError | ServiceResponseError | IncompleteReadError | OSError
-        if isinstance(exc, network):
-            return Transient(
-                f"{self.description}: {path!r}: network error ({type(exc).__name__})", path
-            )
-        if isinstance(exc, DecodeError):  # a truncated or garbled response body
-            return Transient(f"{self.description}: {path!r}: bad response ({what})", path)
-        if isinstance(exc, HttpResponseError):
-            if status is None:  # a failure while reading a body (the downloader's own retries)
-                return Transient(f"{self.description}: {path!r}: the response broke off", path)
-            return BackendError(f"{self.description}: {path!r}: HTTP {what}", path)
-        return BackendError(
-            f"{self.description}: {path!r}: {redact(str(exc), self.credential)}", path
-        )
+    exists_codes = frozenset({"BlobAlreadyExists", ""})
 
-    def _call(self, path: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except BackendError:
-            raise
-        except Exception as e:
-            raise self._map_error(e, path) from None
+    def _message(self, kind: Kind, f: Failure) -> str:
+        d, p = self.description, repr(f.path)
+        return {
+            Kind.CHANGED: f"{p} changed since it was opened (ETag mismatch)",
+            Kind.GONE: f"{d} does not exist (container not found)",
+            Kind.NOT_FOUND: f"no such file or directory: {p}",
+            Kind.DENIED: f"access denied to {d} using {f.source} (HTTP {f.what})",
+            Kind.ACL: f"access denied to {d} using {f.source} (HTTP {f.what})",
+            # NO_TOKEN: raised by a TokenCredential before any request
+            Kind.NO_TOKEN: f"could not authenticate to {d} using {f.source}: {f.text}",
+            Kind.EXISTS: f"{p} exists",
+            Kind.BAD_NAME: f"{d}: {p}: the service does not allow this name (HTTP {f.what})",
+            Kind.FAILED: f"{d}: {p}: the service failed (HTTP {f.what})",
+            Kind.NETWORK: f"{d}: {p}: network error ({f.type})",
+            Kind.GARBLED: f"{d}: {p}: bad response ({f.what})",  # a truncated or garbled body
+            Kind.BROKE_OFF: f"{d}: {p}: the response broke off",
+            Kind.HTTP: f"{d}: {p}: HTTP {f.what}",
+            Kind.OTHER: f"{d}: {p}: {f.detail}",
+        }.get(kind) or super()._message(kind, f)
 
-    def _log_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
-        with self._logged_lock:
-            if key in self._logged:
-                return
-            if len(self._logged) >= _MAX_LOGGED_NAMES:
-                self._logged.clear()
-            self._logged.add(key)
-        log.log(level, message, *args)
-
-    def _skip_unsafe(self, name: str) -> None:
+    def _log_skip(self, name: str) -> None:
         # 'dir/' zero-byte blobs are a common folder convention, not an anomaly worth a warning.
         level = logging.DEBUG if name.endswith("/") and "//" not in name else logging.WARNING
         self._log_once(
@@ -391,7 +269,7 @@ class BlobBackend(Backend):
             is_prefix = isinstance(item, BlobPrefix)
             seg = item.name[len(prefix) : -1] if is_prefix else item.name[len(prefix) :]
             if not is_safe_name(seg):
-                self._skip_unsafe(item.name)
+                self._log_skip(item.name)
                 continue
             if is_prefix:
                 prefixes.add(seg)
@@ -434,8 +312,14 @@ class BlobBackend(Backend):
         unsafe names and blobs shadowed by a same-named prefix."""
         rel = normpath(path)
         prefix = f"{rel}/" if rel else ""
-        blobs = self._cc.list_blobs(
-            name_starts_with=prefix or None, include=["metadata"], results_per_page=self.page_size
+        blobs = (
+            self._fast.list_flat(prefix, self.page_size)
+            if self._fast is not None
+            else self._cc.list_blobs(
+                name_starts_with=prefix or None,
+                include=["metadata"],
+                results_per_page=self.page_size,
+            )
         )
         # Listings are sorted, so a blob 'x' is shadowed iff a later name starts with 'x/'; the
         # names between them extend 'x' by a character below '/', so the undecided blobs form a
@@ -461,7 +345,7 @@ class BlobBackend(Backend):
                     break
             relname = name[len(prefix) :]
             if not is_safe_relpath(relname):
-                self._skip_unsafe(name)
+                self._log_skip(name)
                 continue
             if _is_folder_marker(b.size, b.metadata):
                 continue
@@ -482,8 +366,8 @@ class BlobBackend(Backend):
             kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         bc = self._cc.get_blob_client(rel)
         try:
-            if self._ranges is not None:
-                return self._ranges.read(rel, offset, length, etag)
+            if self._fast is not None:
+                return self._fast.read(rel, offset, length, etag)
             return bc.download_blob(
                 offset=offset, length=length, max_concurrency=1, **kwargs
             ).readall()
@@ -494,17 +378,52 @@ class BlobBackend(Backend):
         except Exception as e:
             raise self._map_error(e, rel) from None
 
+    def read_range_into(
+        self, path: str, offset: int, buf: memoryview, etag: str | None = None
+    ) -> int:
+        if self._fast is None:
+            return super().read_range_into(path, offset, buf, etag)
+        fast = self._fast
+        return self._fast_read(path, len(buf), lambda rel: fast.read_into(rel, offset, buf, etag))
+
+    def read_range_to_fd(
+        self,
+        path: str,
+        offset: int,
+        length: int,
+        fd: int,
+        fd_offset: int,
+        etag: str | None = None,
+    ) -> int:
+        if self._fast is None:
+            return super().read_range_to_fd(path, offset, length, fd, fd_offset, etag)
+        fast = self._fast
+        return self._fast_read(
+            path, length, lambda rel: fast.read_to_fd(rel, offset, length, fd, fd_offset, etag)
+        )
+
+    def _fast_read(self, path: str, length: int, fn: Callable[[str], int]) -> int:
+        rel = normpath(path)
+        if length <= 0:
+            return 0
+        try:
+            return fn(rel)
+        except HttpStatusError as e:
+            if e.status_code == 416:  # offset at or past the end
+                return 0
+            raise self._map_error(e, rel) from None
+        except Exception as e:
+            raise self._map_error(e, rel) from None
+
     def write_stream(
         self, path: str, stream: BinaryIO, length: int, overwrite: bool = True
     ) -> ObjectInfo:
-        rel = normpath(path)
-        if not rel:
-            raise IsADirectory("cannot write the datastore root", rel)
+        rel = file_path(path)
         if not is_safe_relpath(rel):
             raise InvalidName(f"{rel!r} is not a valid file name (a segment over 255 bytes?)", rel)
         bc = self._cc.get_blob_client(rel)
         if length <= self.single_put_size:
-            data = _read_exact(stream, length)
+            data = read_exact(stream, length)
             if len(data) != length:
                 raise _source_ended(rel, len(data), length)
             md5 = hashlib.md5(data).digest()
@@ -529,8 +448,8 @@ class BlobBackend(Backend):
             path=rel,
             is_dir=False,
             size=length,
-            etag=_quote_etag(resp.get("etag")),
-            mtime=resp["last_modified"].timestamp() if resp.get("last_modified") else 0.0,
+            etag=quoted_etag(resp.get("etag")),
+            mtime=timestamp(resp.get("last_modified")),
             content_md5=md5,
         )
 
@@ -551,7 +470,7 @@ class BlobBackend(Backend):
         ) as pool:
             try:
                 while remaining > 0:
-                    chunk = _read_exact(stream, min(block, remaining))
+                    chunk = read_exact(stream, min(block, remaining))
                     if not chunk:
                         raise _source_ended(rel, length - remaining, length)
                     md5.update(chunk)
@@ -574,31 +493,21 @@ class BlobBackend(Backend):
         return resp, digest
 
     def delete(self, path: str) -> None:
-        rel = normpath(path)
-        if not rel:
-            raise IsADirectory("cannot delete the datastore root", rel)
+        rel = file_path(path, "delete")
         self._call(
             rel, lambda: self._cc.get_blob_client(rel).delete_blob(delete_snapshots="include")
         )
 
     # --- container -------------------------------------------------------------------------------
 
-    def ensure_exists(self) -> None:
-        try:
-            self._cc.create_container()
-        except ResourceExistsError:
-            pass
-        except Exception as e:
-            raise self._map_error(e, "") from None
+    def _create(self) -> None:
+        self._cc.create_container()
 
     def check_access(self) -> None:
         self._call("", lambda: next(self._cc.list_blobs(results_per_page=1).by_page(), None))
 
     def close(self) -> None:
-        if self._ranges is not None:
-            self._ranges.close()
+        if self._fast is not None:
+            self._fast.close()
         self._cc.close()
         self._session.close()
-
-    def __repr__(self) -> str:
-        return f"BlobBackend({self.description}, credential: {self.credential.source})"

@@ -30,7 +30,7 @@ _IGNORED = {"rw", "ro", "defaults", "_netdev", "nofail", "auto", "noauto", "user
 # amlfs settings that may also come as -o NAME=VALUE (so that an /etc/fstab line can set them).
 _AMLFS_VALUED = {
     "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
-    "read_timeout", "log_file", "registry",
+    "read_timeout", "log_file", "registry", "read_ahead",
 }  # fmt: skip
 
 
@@ -123,6 +123,11 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
 @click.option("--negative-timeout", metavar="SECONDS", help="Remember missing names (default 5).")
 @click.option("--immutable", is_flag=True, help="The dataset never changes: cache forever.")
 @click.option("--read-timeout", metavar="SECONDS", help="A read past this gets EIO (default 60).")
+@click.option(
+    "--read-ahead",
+    metavar="SIZE",
+    help="The kernel's read-ahead for the mount, needs root (default 4MiB; 0: the kernel's).",
+)
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help="Mount options.")
 @click.option("--debug", is_flag=True, help="Log every request (to --log-file or stderr).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="The daemon's log.")
@@ -147,6 +152,7 @@ def mount(
     negative_timeout: str | None,
     immutable: bool,
     read_timeout: str | None,
+    read_ahead: str | None,
     options: tuple[str, ...],
     debug: bool,
     log_file: str | None,
@@ -189,6 +195,9 @@ def mount(
                 pick(read_timeout, "read_timeout", "60"), "--read-timeout", allow_forever=False
             ),
             fuse_options=o.fuse,
+            read_ahead=parse_bytes(
+                pick(read_ahead, "read_ahead", "4MiB"), "--read-ahead", 0, 1 << 30
+            ),
         )
         if mopts.read_timeout <= 0:
             raise UsageError("bad --read-timeout: must be more than zero seconds")
@@ -229,6 +238,7 @@ def mount(
     argv += ["--attr-timeout", _seconds_arg(t.attr), "--list-timeout", _seconds_arg(t.listing)]
     argv += ["--negative-timeout", _seconds_arg(t.negative)]
     argv += ["--read-timeout", repr(mopts.read_timeout)]
+    argv += ["--read-ahead", str(mopts.read_ahead)]
     if t.is_immutable:
         argv.append("--immutable")
     fuse = o.fuse + (["nonempty"] if o.nonempty else [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ FSTYPE = "fuse.amlfs"
 SUBTYPE = "amlfs"
 #: After SIGTERM, requests still waiting on the storage get this long before they are cancelled.
 SHUTDOWN_GRACE = 5.0
+#: The kernel's read-ahead for the mount. The FUSE default (128 KiB) makes a sequential reader
+#: send 128 KiB requests, each ~0.1 ms of Python here; 4 MiB makes them 1 MiB (FUSE's max_pages)
+#: and cut the daemon's CPU per GiB by a quarter (measured: 8194 -> 1026 requests per GiB, 1.27
+#: -> 0.95 s). Larger (8-16 MiB) let the kernel's speculative requests outrun our own window
+#: and split blocks into more, smaller GETs.
+READ_AHEAD = 4 * 1024 * 1024
+BDI_DIR = "/sys/class/bdi"
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 @dataclass
@@ -43,6 +52,8 @@ class MountOptions:
     fuse_options: list[str] = field(default_factory=list)  # e.g. allow_other
     max_threads: int = 32  # concurrent storage calls
     max_tasks: int = 99  # concurrent FUSE requests
+    read_ahead: int = READ_AHEAD  # the kernel's read-ahead for the mount; 0 = its default
+    listing_prefetch: int = 4  # subdirectories listed at a time ahead of a reader; 0 = none
 
 
 class StatusPipe:
@@ -92,6 +103,57 @@ def fuse_options(ds: DatastoreConfig, path: str, extra: list[str]) -> set[str]:
     return opts
 
 
+def mount_device(
+    mountpoint: str, mountinfo: str = "/proc/self/mountinfo"
+) -> tuple[int, int] | None:
+    """(major, minor) of the filesystem mounted last at `mountpoint`, or None.
+
+    Read from mountinfo, not os.stat: before pyfuse3.main runs, a stat of our own mountpoint
+    would wait forever for the daemon that is making it.
+    """
+    want = os.fsencode(os.path.abspath(mountpoint))
+    found = None
+    with open(mountinfo, "rb") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4:
+                point = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), fields[4])
+                if point == want:
+                    found = fields[2]  # the last one is on top
+    if found is None:
+        return None
+    major, _, minor = found.partition(b":")
+    return int(major), int(minor)
+
+
+def set_read_ahead(
+    mountpoint: str,
+    nbytes: int,
+    *,
+    bdi_dir: str = BDI_DIR,
+    mountinfo: str = "/proc/self/mountinfo",
+) -> bool:
+    """Set the kernel's read-ahead for the FUSE mount at `mountpoint`; False if it cannot be.
+
+    FUSE's INIT reply can only lower the bdi's read-ahead below the kernel's 128 KiB default,
+    so raising it takes sysfs, which takes root: anyone else keeps the default (logged at debug).
+    """
+    try:
+        dev = mount_device(mountpoint, mountinfo)
+        if dev is None:
+            log.debug("no mount at %s in mountinfo: read-ahead left as it is", mountpoint)
+            return False
+        path = os.path.join(bdi_dir, f"{dev[0]}:{dev[1]}", "read_ahead_kb")
+        with open(path, "w") as f:
+            f.write(str(nbytes // 1024))
+    except (OSError, ValueError) as e:
+        log.debug("cannot set the kernel's read-ahead to %d KiB (%s): left at its default",
+                  nbytes // 1024, e)  # fmt: skip
+        return False
+    log.debug("kernel read-ahead for %s set to %d KiB", mountpoint, nbytes // 1024)
+    return True
+
+
 def run_mount(
     ds: DatastoreConfig,
     path: str,
@@ -138,6 +200,7 @@ def _run(
             stats,
         )
         started = time.time()
+        live: dict[str, Any] = {"read_ahead": None}  # what _when_live managed to set
 
         def describe() -> dict[str, Any]:
             return {
@@ -151,6 +214,7 @@ def _run(
                 "cache_bytes": options.cache_bytes,
                 "attr_timeout": options.timeouts.attr,
                 "immutable": options.timeouts.is_immutable,
+                "read_ahead": live["read_ahead"],
             }
 
         ops = Operations(
@@ -162,6 +226,7 @@ def _run(
                 timeouts=options.timeouts,
                 request_timeout=options.read_timeout,
                 small_file_size=options.block_size,
+                listing_prefetch=options.listing_prefetch,
             ),
             describe=describe,
         )
@@ -173,7 +238,7 @@ def _run(
             raise AmlfsError(f"cannot mount at {mountpoint}: {e}") from None
         log.info("mounted %s:%s at %s (pid %d)", ds.name, path, mountpoint, os.getpid())
         try:
-            trio.run(_serve, ops, datapath, options, status)
+            trio.run(_serve, ops, datapath, options, status, mountpoint, live)
         except BaseException:
             log.exception("the mount daemon failed; unmounting")
             raise
@@ -186,15 +251,35 @@ def _run(
         backend.close()
 
 
-async def _serve(ops: Operations, datapath: Any, options: MountOptions, status: StatusPipe) -> None:
+async def _serve(
+    ops: Operations,
+    datapath: Any,
+    options: MountOptions,
+    status: StatusPipe,
+    mountpoint: str,
+    live: dict[str, Any],
+) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(datapath.run)
+        await nursery.start(ops.run)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        # Requests the kernel sends before main() runs wait in /dev/fuse: live from here on.
-        status.ready()
-        sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
+        nursery.start_soon(_when_live, ops, options, status, mountpoint, live)
         await pyfuse3.main(max_tasks=options.max_tasks)
         nursery.cancel_scope.cancel()
+
+
+async def _when_live(
+    ops: Operations, options: MountOptions, status: StatusPipe, mountpoint: str, live: dict
+) -> None:
+    # The kernel applies its INIT reply's read-ahead to the bdi when it receives the reply,
+    # overwriting any earlier setting: set ours after that. pyfuse3 calls ops.init() just
+    # before replying, and the reply is written before this task next runs.
+    await ops.initialized.wait()
+    await trio.lowlevel.checkpoint()
+    if options.read_ahead > 0 and set_read_ahead(mountpoint, options.read_ahead):
+        live["read_ahead"] = options.read_ahead
+    status.ready()
+    sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:

@@ -1,0 +1,454 @@
+"""What every Azure SDK backend shares (blob.py, fileshare.py, adls.py): the one mapping of SDK
+and transport exceptions to typed BackendErrors, the SDK clients' retry policy and HTTP session,
+endpoint and credential resolution, and helpers for ETags, times, folder markers, upload streams,
+temporary names and once-only log lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import random
+import threading
+import uuid
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
+
+import requests
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    DecodeError,
+    HttpResponseError,
+    IncompleteReadError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import ExponentialRetry
+
+from ..credentials import ResolvedCredential, account_url, redact, resolve_credential
+from ..registry import DatastoreConfig
+from .base import (
+    AlreadyExists,
+    Backend,
+    BackendError,
+    Changed,
+    Forbidden,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    Transient,
+    normpath,
+)
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+PAGE_SIZE = 5000  # the services' maximum per listing call
+TMP_PREFIX = ".amlfs-tmp-"
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # and any other 5xx
+_NETWORK_ERRORS = (ServiceRequestError, ServiceResponseError, IncompleteReadError, OSError)
+_MAX_LOGGED_KEYS = 10_000
+
+
+# --- values as the services give them --------------------------------------------------------------
+
+
+def quoted_etag(etag: str | None) -> str | None:
+    """ETags in one form: listings give them bare (0x8D...), headers quoted ("0x8D..."); If-Match
+    and callers comparing ETags need one. A weak ETag (W/"...") stays as it is."""
+    if not etag:
+        return None
+    return etag if etag.startswith(('"', "W/")) else f'"{etag}"'
+
+
+def timestamp(value: Any) -> float:
+    """A datetime (naive means UTC), or Azure's 7-digit ISO 8601 string, as a POSIX time (0.0
+    when absent)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=value.tzinfo or dt.UTC).timestamp()
+    if isinstance(value, str) and value:
+        head, _, frac = value.rstrip("Z").partition(".")
+        try:
+            base = dt.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            return 0.0
+        return base.timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+    return 0.0
+
+
+def error_code(exc: BaseException) -> str:
+    """The service's x-ms-error-code of `exc` ('' when it has none)."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def is_folder(metadata: dict[str, str] | None) -> bool:
+    """Metadata hdi_isfolder=true, in any letter case: a Blob folder marker, or a directory of a
+    hierarchical namespace answering a Blob HEAD."""
+    return any(
+        k.lower() == "hdi_isfolder" and str(v).strip().lower() == "true"
+        for k, v in (metadata or {}).items()
+    )
+
+
+# --- upload streams and names ----------------------------------------------------------------------
+
+
+class ExactReader:
+    """Reads exactly `length` bytes from `stream`; a short stream is an error, not a short file."""
+
+    def __init__(self, stream: BinaryIO, length: int):
+        self._stream = stream
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(want)
+        if not data:
+            raise BackendError(f"the source ended {self._left} bytes before its announced length")
+        self._left -= len(data)
+        return data
+
+
+def read_exact(stream: BinaryIO, n: int) -> bytes:
+    """`n` bytes from `stream`, fewer only if it ends (pipes and sockets return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)  # one part: no copy
+
+
+def file_path(path: str, doing: str = "write") -> str:
+    """`normpath(path)` for a file to write (or delete): never the root, a directory."""
+    rel = normpath(path)
+    if not rel:
+        raise IsADirectory(f"cannot {doing} the datastore root", rel)
+    return rel
+
+
+def temp_name(rel: str) -> str:
+    """A fresh temporary name in the directory of `rel`: uploads are written there, then renamed
+    into place, so that readers see the old file or the new one, never a part."""
+    parent = rel.rpartition("/")[0]
+    name = f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    return f"{parent}/{name}" if parent else name
+
+
+@contextmanager
+def removed_on_failure(tmp_client: Any) -> Iterator[None]:
+    """Delete the temporary file of `tmp_client` (best effort) when the block fails at all."""
+    try:
+        yield
+    except BaseException:
+        try:
+            tmp_client.delete_file()
+        except AzureError:
+            pass
+        raise
+
+
+# --- SDK clients: endpoint, retries, transport ----------------------------------------------------
+
+
+def resolve(ds: DatastoreConfig, service: str) -> tuple[ResolvedCredential, str]:
+    """The credential datastore `ds` uses and its account URL for `service` (credentials.py)."""
+    rc = resolve_credential(ds)
+    return rc, account_url(ds, service, rc)
+
+
+class AzureRetry(ExponentialRetry):
+    """The storage SDK's exponential retry, except that a credential that cannot produce a token
+    is not retried: it will not change its mind, and a wrong client secret would otherwise cost
+    half a minute of backoff before the user hears of it. (The token request runs inside the
+    retry policy; the SDK's own signing errors are never retried anyway.)"""
+
+    def increment(
+        self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None
+    ) -> bool:
+        if isinstance(error, ClientAuthenticationError):
+            return False
+        return super().increment(settings, request, response=response, error=error)
+
+
+class BoundedRetry(AzureRetry):
+    """Waits `backoff`, 2x, 4x... (jittered down to half), so that `retry_total` retries end
+    within a bounded time -- the SDK default (15 s + 3^n) can stall a FUSE read for a minute."""
+
+    def __init__(self, backoff: float, retry_total: int):
+        super().__init__(initial_backoff=0, increment_base=2, retry_total=retry_total)
+        self.backoff = backoff
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        count = max(0, settings["count"] - 1)
+        return self.backoff * 2**count * random.uniform(0.5, 1.0)
+
+
+def client_options(block_size: int, retry_policy: Any = None, **transport: Any) -> dict[str, Any]:
+    """Keyword arguments for an azure.storage client: one block is one GET; `retry_policy`, by
+    default the SDK's exponential schedule (waits of about 3, 5, 9, 17 s) with a refused token
+    final; `transport`: a `transport=`, or the SDK transport's `connection_timeout=` etc."""
+    if retry_policy is None:
+        retry_policy = AzureRetry(initial_backoff=1, increment_base=2, retry_total=4)
+    return {
+        "max_single_get_size": block_size,
+        "max_chunk_get_size": block_size,
+        "retry_policy": retry_policy,
+        **transport,
+    }
+
+
+def pooled_transport(
+    max_connections: int, connection_timeout: float, read_timeout: float
+) -> tuple[RequestsTransport, requests.Session]:
+    """A transport over our own session (close it with the client): the SDK's default pool keeps
+    10 connections, fewer than the threads a mount or a transfer drives; urllib3's own retries
+    stay off (the SDK policy retries)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=max_connections, max_retries=0
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    transport = RequestsTransport(
+        session=session,
+        session_owner=False,
+        connection_timeout=connection_timeout,
+        read_timeout=read_timeout,
+        connection_data_block_size=1 * MiB,
+    )
+    return transport, session
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+class Kind(enum.Enum):
+    """What a failed SDK or transport call means; each backend words each kind its own way."""
+
+    CHANGED = enum.auto()  # the ETag no longer matches (412)
+    GONE = enum.auto()  # the container itself is missing (ContainerNotFound)
+    NOT_FOUND = enum.auto()
+    DENIED = enum.auto()  # 401 / 403
+    ACL = enum.auto()  # 403 AuthorizationPermissionMismatch: an ACL or the role refuses it
+    NO_TOKEN = enum.auto()  # the credential could not produce a token (no request was sent)
+    TYPE_MISMATCH = enum.auto()  # a file where a directory was expected, or the reverse
+    EXISTS = enum.auto()
+    BAD_NAME = enum.auto()  # a name the service refuses
+    FAILED = enum.auto()  # throttled, timed out, any 5xx
+    NETWORK = enum.auto()  # no connection, a reset, a response cut short
+    GARBLED = enum.auto()  # a body that cannot be decoded
+    BROKE_OFF = enum.auto()  # a failure while reading a body (the downloader's own retries)
+    HTTP = enum.auto()  # any other HTTP status
+    OTHER = enum.auto()
+
+
+ERRORS: dict[Kind, type[BackendError]] = {
+    Kind.CHANGED: Changed,
+    Kind.GONE: NotFound,
+    Kind.NOT_FOUND: NotFound,
+    Kind.DENIED: Forbidden,
+    Kind.ACL: Forbidden,
+    Kind.NO_TOKEN: Forbidden,
+    Kind.TYPE_MISMATCH: NotADirectory,
+    Kind.EXISTS: AlreadyExists,
+    Kind.BAD_NAME: InvalidName,
+    Kind.FAILED: Transient,
+    Kind.NETWORK: Transient,
+    Kind.GARBLED: Transient,
+    Kind.BROKE_OFF: Transient,
+    Kind.HTTP: BackendError,
+    Kind.OTHER: BackendError,
+}
+TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed call says, read once, for the messages (every text has secrets redacted)."""
+
+    path: str
+    where: str  # "'path' in <description>", or the description for the root
+    status: int | None
+    code: str  # x-ms-error-code, '' when absent
+    what: str  # "503 ServerBusy"
+    text: str  # the first line of the exception's message, or its type's name
+    detail: str  # the whole message
+    type: str  # the exception's type name
+    source: str  # where the credential came from ('' without one)
+    tried: str  # " using the <source>" ('' without a credential)
+
+    @property
+    def reason(self) -> str:
+        return self.code or self.text
+
+
+def classify(
+    exc: BaseException, status: int | None, code: str, exists_codes: frozenset[str] | None = None
+) -> Kind:
+    """The kind of failure `exc` is. `exists_codes`: the error codes with which a
+    ResourceExistsError means "already exists" (None: so does every conflict, any 409)."""
+    if isinstance(exc, ResourceModifiedError) or status == 412:
+        return Kind.CHANGED
+    if code == "ContainerNotFound":
+        return Kind.GONE
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return Kind.NOT_FOUND
+    if status in (401, 403) or isinstance(exc, ClientAuthenticationError):
+        if code == "AuthorizationPermissionMismatch":
+            return Kind.ACL
+        return Kind.DENIED if status in (401, 403) else Kind.NO_TOKEN
+    if code == "ResourceTypeMismatch":
+        return Kind.TYPE_MISMATCH
+    if exists_codes is None:
+        exists = isinstance(exc, ResourceExistsError) or status == 409
+    else:
+        exists = isinstance(exc, ResourceExistsError) and code in exists_codes
+    if exists:
+        return Kind.EXISTS
+    if code in ("InvalidResourceName", "InvalidUri"):
+        return Kind.BAD_NAME
+    if status is not None and (status in TRANSIENT_STATUS or status >= 500):
+        return Kind.FAILED
+    if isinstance(exc, _NETWORK_ERRORS):
+        return Kind.NETWORK
+    if isinstance(exc, DecodeError):
+        return Kind.GARBLED
+    if isinstance(exc, HttpResponseError):
+        return Kind.BROKE_OFF if status is None else Kind.HTTP
+    return Kind.OTHER
+
+
+# --- the common part of the backends --------------------------------------------------------------
+
+
+class AzureBackend(Backend):
+    """The part of the Azure SDK backends that is not about their service: the one place
+    exceptions become BackendErrors, once-only log lines, ensure_exists, a secret-free repr.
+    Thread-safe, as the Backend contract requires."""
+
+    #: the service's name in messages ("Azure Files does not allow this name")
+    service = "Azure"
+    #: see `classify`
+    exists_codes: frozenset[str] | None = None
+
+    def __init__(
+        self, description: str, rc: ResolvedCredential | None, logger: logging.Logger
+    ) -> None:
+        self.description = description
+        self.rc = rc
+        self._log = logger
+        self._logged: set[str] = set()
+        self._logged_lock = threading.Lock()
+
+    # --- errors ------------------------------------------------------------------------------
+
+    def _map_error(self, exc: BaseException, path: str) -> BackendError:
+        """The one place SDK and transport exceptions become typed BackendErrors."""
+        if isinstance(exc, BackendError):
+            return exc
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+        code = error_code(exc)
+        detail = redact(str(getattr(exc, "message", None) or exc), self.rc)
+        lines = detail.strip().splitlines()
+        source = self.rc.source if self.rc else ""
+        failure = Failure(
+            path=path,
+            where=f"{path!r} in {self.description}" if path else self.description,
+            status=status,
+            code=code,
+            what=f"{status} {code}".strip(),
+            text=lines[0] if lines else type(exc).__name__,
+            detail=detail,
+            type=type(exc).__name__,
+            source=source,
+            tried=f" using the {source}" if source else "",
+        )
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("%s %r: %s: %s", self.description, path, failure.type, detail)
+        kind = classify(exc, status, code, self.exists_codes)
+        return ERRORS[kind](self._message(kind, failure), path)
+
+    def _message(self, kind: Kind, f: Failure) -> str:
+        """What a failure of `kind` says (this wording: the hierarchical backends')."""
+        if kind in TRANSIENT_KINDS:
+            return f"{f.where}: temporary failure ({f.reason})"
+        denied = f"access denied to {f.where}{f.tried} ({f.reason})"
+        return {
+            Kind.CHANGED: f"{f.where} changed while it was being read",
+            Kind.GONE: f"no such file or directory: {f.where}",
+            Kind.NOT_FOUND: f"no such file or directory: {f.where}",
+            Kind.DENIED: denied,
+            Kind.ACL: denied,
+            Kind.NO_TOKEN: denied,
+            Kind.TYPE_MISMATCH: f"{f.where} is not the kind of entry expected (file vs directory)",
+            Kind.EXISTS: f"{f.where} already exists ({f.code})",
+            Kind.BAD_NAME: f"{f.where}: {self.service} does not allow this name",
+        }.get(kind, f"{f.where}: {f.reason}")
+
+    def _call(self, path: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except BackendError:
+            raise
+        except Exception as e:
+            raise self._map_error(e, path) from None
+
+    # --- logging -----------------------------------------------------------------------------
+
+    def _log_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+        with self._logged_lock:
+            if key in self._logged:
+                return
+            if len(self._logged) >= _MAX_LOGGED_KEYS:
+                self._logged.clear()
+            self._logged.add(key)
+        self._log.log(level, message, *args)
+
+    def _log_skip(self, name: str) -> None:
+        """A remote name that cannot be a safe path is left out: say so once."""
+        self._log_once(
+            "unsafe:" + name, "skipping %r in %s: not a safe file name", name, self.description
+        )
+
+    # --- the container / share / filesystem ------------------------------------------------
+
+    @abstractmethod
+    def _create(self) -> None:
+        """Create the container / share / filesystem (ResourceExistsError if it exists)."""
+
+    def ensure_exists(self) -> None:
+        try:
+            self._create()
+        except ResourceExistsError:
+            pass
+        except Exception as e:
+            err = self._map_error(e, "")
+            if not isinstance(err, Forbidden):
+                raise err from None
+            # A container-, share- or filesystem-scoped SAS, or an ACL-only principal, may not
+            # create one; an existing, reachable one is enough.
+            try:
+                self.check_access()
+            except BackendError:
+                raise err from None
+
+    def __repr__(self) -> str:
+        source = self.rc.source if self.rc else "none"
+        return f"{type(self).__name__}({self.description}, credential: {source})"

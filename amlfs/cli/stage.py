@@ -1,0 +1,74 @@
+"""`amlfs stage DATASTORE[:PATH] DIR`: download mode, a resumable verified sync into DIR."""
+
+from __future__ import annotations
+
+import click
+
+from ..stage import stage
+from .common import AppContext, main, pass_app
+from .transfer import (
+    fsync_option,
+    parse_size,
+    progress_option,
+    report,
+    sigterm_as_interrupt,
+    workers_option,
+)
+
+
+@main.command("stage")
+@click.argument("src")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--delete", is_flag=True, help="Remove local files that no longer exist remotely.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be copied and deleted; change nothing."
+)
+@click.option("--verify", is_flag=True, help="Check Content-MD5 where the service has one.")
+@click.option("--block-size", metavar="SIZE", help="Ranged-read size for large files (8M).")
+@fsync_option
+@progress_option
+@workers_option
+@pass_app
+def stage_cmd(
+    app: AppContext,
+    src: str,
+    dest: str,
+    delete: bool,
+    dry_run: bool,
+    verify: bool,
+    block_size,
+    fsync,
+    progress,
+    workers,
+) -> None:
+    """Make DEST hold exactly the files under SRC (DATASTORE[:PATH] or azureml://...).
+
+    Files unchanged since the last stage (same remote ETag and size, local copy untouched) are
+    skipped; an interrupted stage resumes where it stopped. A missing PATH is an error (exit 1);
+    exit 1 also when any file failed, after copying all the others.
+    """
+    bs = parse_size(block_size)
+    ds, path = app.location(src)
+    backend = app.backend(ds)
+
+    def plan(action: str, name: str) -> None:
+        click.echo(f"{action} {name}")
+
+    try:
+        with sigterm_as_interrupt():
+            result = stage(
+                backend,
+                path,
+                dest,
+                delete=delete,
+                dry_run=dry_run,
+                verify=verify,
+                workers=workers,
+                block_size=bs,
+                show_progress=progress,
+                durable=fsync,
+                on_plan=plan,
+            )
+    finally:
+        backend.close()
+    report(result, "would copy" if dry_run else "copied")

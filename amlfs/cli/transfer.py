@@ -1,0 +1,158 @@
+"""`amlfs upload SRC DEST` and `amlfs download SRC DIR`, plus the option parsing and result
+reporting that `amlfs stage` shares with them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from ..errors import UsageError
+from ..progress import summary_line
+from ..transfer import TransferResult, download, upload_dir, upload_files
+from .common import AppContext, main, pass_app
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+#: failures listed on stderr before "... and N more"
+MAX_LISTED = 20
+
+
+def parse_size(text: str | None) -> int | None:
+    """'8M', '16MiB', '65536' -> bytes (K/M/G are powers of 1024)."""
+    if text is None:
+        return None
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"bad size {text!r}: expected a number of bytes, or like 8M or 16MiB")
+    n = int(m[1]) * 1024 ** " kmg".index(m[2].lower() or " ")
+    if not 64 << 10 <= n <= 1 << 30:
+        raise UsageError(f"bad size {text!r}: must be between 64K and 1G")
+    return n
+
+
+def progress_option(f):
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr (default: when stderr is a terminal).",
+    )(f)
+
+
+def fsync_option(f):
+    return click.option(
+        "--fsync",
+        is_flag=True,
+        help="Make files durable on disk (syncfs) before they appear and before exiting.",
+    )(f)
+
+
+def workers_option(f):
+    return click.option(
+        "--workers",
+        type=click.IntRange(1, 512),
+        default=None,
+        help="Parallel requests (default 32).",
+    )(f)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a transfer like Ctrl-C does: completed files are published, temps cleaned."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def report(result: TransferResult, verb: str = "copied") -> None:
+    """The summary line, then every failure; exit 1 when any file failed."""
+    click.echo(summary_line(result, verb), err=True)
+    if result.failed:
+        for name, why in result.failed[:MAX_LISTED]:
+            click.echo(f"amlfs: failed: {name}: {why}", err=True)
+        if len(result.failed) > MAX_LISTED:
+            click.echo(f"amlfs: ... and {len(result.failed) - MAX_LISTED} more", err=True)
+        click.echo(f"amlfs: error: {len(result.failed)} file(s) failed", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dest")
+@click.option("--overwrite", is_flag=True, help="Replace remote files that exist.")
+@progress_option
+@workers_option
+@pass_app
+def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, workers) -> None:
+    """Upload a local file or directory SRC to DEST (DATASTORE[:PATH] or azureml://...).
+
+    A directory's contents go under PATH; a file becomes PATH/<its name>. Existing remote files
+    are skipped unless --overwrite.
+    """
+    ds, path = app.location(dest)
+    backend = app.backend(ds)
+    try:
+        with sigterm_as_interrupt():
+            if os.path.isdir(src):
+                result = upload_dir(
+                    backend, src, path, overwrite=overwrite, show_progress=progress, workers=workers
+                )
+            else:
+                result = upload_files(
+                    backend,
+                    [src],
+                    target_path=path,
+                    overwrite=overwrite,
+                    show_progress=progress,
+                    workers=workers,
+                )
+    finally:
+        backend.close()
+    report(result, "uploaded")
+
+
+@main.command("download")
+@click.argument("src")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace local files that exist.")
+@click.option("--block-size", metavar="SIZE", help="Ranged-read size for large files (8M).")
+@fsync_option
+@progress_option
+@workers_option
+@pass_app
+def download_cmd(
+    app: AppContext, src: str, dest: str, overwrite: bool, block_size, fsync, progress, workers
+) -> None:
+    """Download SRC (DATASTORE[:PATH], a directory or one file) into the directory DEST.
+
+    DEST holds the contents of PATH. Existing local files are skipped unless --overwrite.
+    """
+    bs = parse_size(block_size)
+    ds, path = app.location(src)
+    backend = app.backend(ds)
+    try:
+        with sigterm_as_interrupt():
+            result = download(
+                backend,
+                dest,
+                prefix=path,
+                overwrite=overwrite,
+                show_progress=progress,
+                keep_prefix=False,
+                workers=workers,
+                block_size=bs,
+                durable=fsync,
+            )
+    finally:
+        backend.close()
+    report(result, "downloaded")

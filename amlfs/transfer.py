@@ -1,0 +1,329 @@
+"""Upload and download (Azure ML v1 `ds.upload`, `ds.upload_files`, `ds.download`): planning
+(which remote files, which local names; unsafe names skipped) on top of the engine in
+amlfs.fetch, and parallel uploads through `Backend.write_stream`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .backends.base import (
+    AlreadyExists,
+    Backend,
+    BackendError,
+    Forbidden,
+    NotADirectory,
+    NotFound,
+    ObjectInfo,
+    is_safe_relpath,
+    join,
+    normpath,
+)
+from .errors import AmlfsError
+from .fetch import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_WORKERS,
+    PART_SUFFIX,
+    Downloader,
+    DownloadJob,
+    TransferResult,
+    error_text,
+    part_path,
+)
+from .progress import Progress, should_show
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "PART_SUFFIX",
+    "TransferResult",
+    "download",
+    "list_remote",
+    "part_path",
+    "relative_name",
+    "safe_jobs",
+    "upload_dir",
+    "upload_files",
+]
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def list_remote(backend: Backend, prefix: str | None) -> tuple[list[ObjectInfo], str]:
+    """Every file under the path `prefix`, and the base its relative names start from.
+
+    `prefix` is a path, not a raw string prefix: a directory (everything below it) or a single
+    file (base = its parent). The root ('' or None) is always a directory. NotFound when the
+    path is neither.
+    """
+    p = normpath(prefix)
+    try:
+        files = list(backend.walk(p))
+    except (NotFound, NotADirectory):
+        if not p:
+            raise
+        files = []
+    if files or not p:
+        return files, p
+    try:
+        info = backend.stat(p)
+    except NotFound:
+        raise NotFound(f"no such file or directory {p!r} in {backend.description}", p) from None
+    if info.is_dir:
+        return [], p
+    return [info], p.rpartition("/")[0]
+
+
+def relative_name(path: str, base: str) -> str:
+    return path[len(base) + 1 :] if base else path
+
+
+def safe_jobs(
+    files: Iterable[ObjectInfo], base: str, target_dir: str, result: TransferResult
+) -> list[tuple[str, ObjectInfo]]:
+    """(local relative name, info) for files whose names are safe below `target_dir`.
+
+    Names that would escape (`..`, absolute, empty segments) and files that clash with a
+    directory of the same name (Blob allows both `a` and `a/b`; the directory wins, as in the
+    mount) are skipped with a warning and counted in `result.unsafe`.
+    """
+    out: list[tuple[str, ObjectInfo]] = []
+    for info in files:
+        rel = relative_name(info.path, base)
+        if (base and not info.path.startswith(base + "/")) or not is_safe_relpath(rel):
+            log.warning("skipping %r: its name cannot be a safe local path", info.path)
+            result.unsafe += 1
+            continue
+        out.append((rel, info))
+    dirs = {rel.rsplit("/", 1)[0] for rel, _ in out if "/" in rel}
+    dirs |= {d.rsplit("/", i)[0] for d in list(dirs) for i in range(1, d.count("/") + 1)}
+    if dirs:
+        clash = [(rel, info) for rel, info in out if rel in dirs]
+        for _, info in clash:
+            log.warning("skipping file %r: a directory of the same name exists", info.path)
+        result.unsafe += len(clash)
+        out = [(rel, info) for rel, info in out if rel not in dirs]
+    return out
+
+
+def download(
+    backend: Backend,
+    target_dir: str,
+    prefix: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool | None = True,
+    keep_prefix: bool = True,
+    workers: int | None = None,
+    block_size: int | None = None,
+    durable: bool = False,
+) -> TransferResult:
+    """Download the files under the path `prefix` (a directory or one file; not a raw string
+    prefix) into `target_dir`.
+
+    keep_prefix=True (Azure ML v1 `ds.download`): a file lands at target_dir/<its full path>.
+    keep_prefix=False (`amlfs download DS:PATH DIR`): target_dir holds the contents of PATH.
+    overwrite=False skips files that already exist locally (counted in `skipped`).
+    durable=True: the files are on disk (syncfs) before their names appear and before returning.
+    """
+    start = time.monotonic()
+    target_dir = os.path.abspath(target_dir)
+    files, base = list_remote(backend, prefix)
+    result = TransferResult()
+    named = safe_jobs(files, "" if keep_prefix else base, target_dir, result)
+    jobs = []
+    for rel, info in named:
+        dest = os.path.join(target_dir, rel)
+        if not overwrite and os.path.lexists(dest):
+            result.skipped += 1
+            continue
+        jobs.append(DownloadJob(info, dest, rel))
+    progress = Progress(
+        "download",
+        should_show(show_progress),
+        total_files=len(jobs),
+        total_bytes=sum(j.info.size for j in jobs),
+    )
+    dl = Downloader(
+        backend,
+        target_dir,
+        workers=workers,
+        block_size=block_size,
+        progress=progress,
+        durable=durable,
+    )
+    try:
+        r = dl.run(jobs)
+    finally:
+        progress.close()
+    r.skipped += result.skipped
+    r.unsafe += result.unsafe
+    r.seconds = time.monotonic() - start
+    return r
+
+
+# --- upload ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Upload:
+    local: str
+    remote: str
+    key: str
+
+
+def _plan_dir(src_dir: str, target: str) -> list[_Upload]:
+    src = os.path.abspath(src_dir)
+    if not os.path.isdir(src):
+        raise AmlfsError(f"no such directory: {src_dir}")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, src).replace(os.sep, "/")
+            out.append(_Upload(full, join(target, rel), rel))
+    return out
+
+
+def _plan_files(files: Iterable[str], relative_root: str | None, target: str) -> list[_Upload]:
+    out = []
+    for f in files:
+        f = os.fspath(f)
+        if relative_root is not None:
+            rel = os.path.relpath(os.path.abspath(f), os.path.abspath(relative_root))
+            if rel == ".." or rel.startswith(".." + os.sep):
+                raise AmlfsError(f"{f} is not under relative_root {relative_root}")
+            rel = rel.replace(os.sep, "/")
+        else:
+            rel = os.path.basename(f)
+        out.append(_Upload(f, join(target, rel), rel))
+    return out
+
+
+class _CountingReader:
+    """A file object that reports bytes read to the progress bar (the SDK may seek and re-read
+    a block on retry; the bar then overcounts slightly, the result never does)."""
+
+    def __init__(self, f, progress: Progress):
+        self._f = f
+        self._progress = progress
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._f.read(n)
+        self.count += len(b)
+        self._progress.advance(len(b))
+        return b
+
+    def readinto(self, buf) -> int:
+        n = self._f.readinto(buf) or 0
+        self.count += n
+        self._progress.advance(n)
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def _run_uploads(
+    backend: Backend, plan: list[_Upload], overwrite: bool, show: bool, workers: int | None
+) -> TransferResult:
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.monotonic()
+    result = TransferResult()
+    lock = threading.Lock()
+    fatal: list[BaseException] = []
+    todo = []
+    for u in plan:
+        if not is_safe_relpath(u.remote):
+            result.unsafe += 1
+            log.warning("skipping %s: %r is not a valid remote name", u.local, u.remote)
+        else:
+            try:
+                u.remote.encode("utf-8")
+                todo.append(u)
+            except UnicodeEncodeError:
+                result.failed.append((u.key, f"{u.local}: the name is not valid UTF-8"))
+    sizes = {}
+    for u in todo:
+        try:
+            sizes[u.local] = os.path.getsize(u.local)
+        except OSError:
+            sizes[u.local] = 0
+    progress = Progress("upload", show, len(todo), sum(sizes.values()))
+
+    def one(u: _Upload) -> None:
+        if fatal:
+            return
+        try:
+            with open(u.local, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                reader = _CountingReader(f, progress)
+                backend.write_stream(u.remote, reader, size, overwrite)
+        except AlreadyExists:
+            with lock:
+                result.skipped += 1
+            progress.advance(-reader.count)
+            progress.add_total(files=-1, nbytes=-sizes.get(u.local, 0))
+            return
+        except Forbidden as e:
+            fatal.append(e)
+            return
+        except (BackendError, OSError) as e:
+            with lock:
+                result.failed.append((u.key, error_text(e, u.local)))
+            log.warning("failed: %s", error_text(e, u.local))
+            return
+        with lock:
+            result.copied += 1
+            result.bytes += size
+        progress.file_done()
+
+    try:
+        with ThreadPoolExecutor(max(1, workers or DEFAULT_WORKERS), "amlfs-up") as pool:
+            for _ in pool.map(one, todo):
+                pass
+    finally:
+        progress.close()
+    if fatal:
+        raise fatal[0]
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def upload_dir(
+    backend: Backend,
+    src_dir: str,
+    target_path: str | None = "",
+    overwrite: bool = False,
+    show_progress: bool | None = True,
+    workers: int | None = None,
+) -> TransferResult:
+    """Upload the tree `src_dir` to `target_path` (Azure ML v1 `ds.upload`).
+
+    overwrite=False skips remote files that already exist (counted in `skipped`).
+    """
+    plan = _plan_dir(src_dir, normpath(target_path))
+    return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers)
+
+
+def upload_files(
+    backend: Backend,
+    files: Iterable[str],
+    relative_root: str | None = None,
+    target_path: str | None = "",
+    overwrite: bool = False,
+    show_progress: bool | None = True,
+    workers: int | None = None,
+) -> TransferResult:
+    """Upload single files (Azure ML v1 `ds.upload_files`): with `relative_root` the remote name
+    is target_path/relpath(file, relative_root), else target_path/basename(file)."""
+    plan = _plan_files(files, relative_root, normpath(target_path))
+    return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers)

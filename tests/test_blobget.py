@@ -1,0 +1,167 @@
+"""The lean Blob fast path (ranged GET, flat listing): against Azurite with every credential form
+it accepts, and against a canned HTTP server for the protocol corners (stale keep-alive
+connections, chunked bodies, retries)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+from amlfs.backends import open_backend
+from amlfs.backends.base import Changed, NotFound
+from amlfs.backends.blobget import BlobFastPath, HttpStatusError
+
+from .azurite import ACCOUNT, KEY
+
+NAMES = ["plain", "with space/x", "ünï/日本", "a+b", "p%20q", "h#sh", "q?uery", "x/y/z"]
+
+
+def _sas(container: str) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+
+@pytest.fixture
+def filled(azurite, container):
+    cc = azurite.service().get_container_client(container)
+    for i, n in enumerate(NAMES):
+        cc.upload_blob(n, f"{n}:{i}".encode() * 100)
+    return cc
+
+
+@pytest.mark.parametrize("cred", ["key", "sas"])
+def test_read_and_list_match_the_sdk(azurite, container, filled, cred):
+    credential = AzureNamedKeyCredential(ACCOUNT, KEY) if cred == "key" else _sas(container)
+    fast = BlobFastPath(azurite.account_url, container, credential)
+    try:
+        listed = list(fast.list_flat(""))
+        sdk = list(filled.list_blobs(include=["metadata"]))
+        assert [b.name for b in listed] == [b.name for b in sdk]
+        for mine, theirs in zip(listed, sdk, strict=True):
+            assert (mine.size, mine.etag) == (theirs.size, theirs.etag)
+            assert mine.last_modified == theirs.last_modified
+            assert mine.content_settings.content_md5 == bytes(theirs.content_settings.content_md5)
+        for n in NAMES:
+            whole = filled.download_blob(n).readall()
+            assert fast.read(n, 0, len(whole)) == whole
+            assert fast.read(n, 3, 5) == whole[3:8]
+            assert fast.read(n, len(whole) - 2, 10) == whole[-2:]  # short at the end
+        assert [b.name for b in fast.list_flat("x/")] == ["x/y/z"]
+    finally:
+        fast.close()
+
+
+def test_paged_listing(azurite, container, filled):
+    fast = BlobFastPath(azurite.account_url, container, AzureNamedKeyCredential(ACCOUNT, KEY))
+    assert [b.name for b in fast.list_flat("", page_size=3)] == sorted(NAMES)
+    fast.close()
+
+
+def test_backend_maps_fast_path_errors(blob_config):
+    backend = open_backend(blob_config)
+    try:
+        info = backend.write_bytes("f", b"0123456789")
+        buf = memoryview(bytearray(4))
+        assert backend.read_range_into("f", 2, buf, info.etag) == 4 and bytes(buf) == b"2345"
+        backend.write_bytes("f", b"9876543210")
+        with pytest.raises(Changed):
+            backend.read_range_into("f", 0, buf, info.etag)
+        with pytest.raises(NotFound):
+            backend.read_range_into("missing", 0, buf)
+        assert backend.read_range_into("f", 10, buf) == 0  # at the end: 416 -> nothing
+    finally:
+        backend.close()
+
+
+class CannedServer:
+    """Answers each request on a connection with the next canned response; a response of None
+    closes the connection without answering (what an idle keep-alive timeout looks like)."""
+
+    def __init__(self, responses: list[bytes | None]):
+        self.responses = list(responses)
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.responses:
+            conn, _ = self.sock.accept()
+            with conn:
+                while self.responses:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        more = conn.recv(65536)
+                        if not more:
+                            break
+                        data += more
+                    if not data:
+                        break
+                    self.requests.append(data)
+                    resp = self.responses.pop(0)
+                    if resp is None:
+                        break
+                    conn.sendall(resp)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_stale_connection_is_replaced_and_chunked_listing_decoded():
+    listing = (
+        b'<?xml version="1.0"?><EnumerationResults><Blobs><Blob><Name Encoded="true">a%0Bb</Name>'
+        b"<Properties><Content-Length>3</Content-Length><Etag>0x1</Etag></Properties>"
+        b"</Blob></Blobs><NextMarker/></EnumerationResults>"
+    )
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (listing[:50], listing[50:]))
+    server = CannedServer(
+        [
+            ok(b"abc"),
+            None,  # the pooled connection died while idle
+            ok(b"def"),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n",
+        ]
+    )
+    fast = BlobFastPath(f"http://127.0.0.1:{server.port}/acct", "c", None)
+    try:
+        assert fast.read("x", 0, 3) == b"abc"
+        assert fast.read("x", 3, 3) == b"def"
+        [blob] = fast.list_flat("")
+        assert (blob.name, blob.size, blob.etag) == ("a\x0bb", 3, "0x1")
+        assert server.requests[0].startswith(b"GET /acct/c/x HTTP/1.1\r\n")
+        assert b"x-ms-range: bytes=3-5" in server.requests[2]
+    finally:
+        fast.close()
+        server.close()
+
+
+def test_service_errors_are_retried_then_raised():
+    busy = b"HTTP/1.1 503 Busy\r\nx-ms-error-code: ServerBusy\r\nContent-Length: 0\r\n\r\n"
+    missing = b"HTTP/1.1 404 NF\r\nx-ms-error-code: BlobNotFound\r\nContent-Length: 2\r\n\r\nno"
+    server = CannedServer([busy, ok(b"ok"), missing])
+    fast = BlobFastPath(f"http://127.0.0.1:{server.port}/a", "c", None, retry_backoff=0.01)
+    try:
+        assert fast.read("x", 0, 2) == b"ok"
+        with pytest.raises(HttpStatusError) as e:
+            fast.read("x", 0, 2)
+        assert (e.value.status_code, e.value.error_code) == (404, "BlobNotFound")
+        assert len(server.requests) == 3  # one connection, reused after each error body
+    finally:
+        fast.close()
+        server.close()
