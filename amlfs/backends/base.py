@@ -288,14 +288,14 @@ class Backend(ABC):
 
         return self.write_stream(path, io.BytesIO(data), len(data), overwrite=overwrite)
 
-    def ensure_exists(self) -> None:
+    def ensure_exists(self) -> None:  # noqa: B027 - optional hook: nothing to create by default
         """Create the container / share / filesystem / directory (create_if_not_exists)."""
 
     def check_access(self) -> None:
         """Raise NotFound/Forbidden if the container or root cannot be reached."""
         self.list_page("")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release connections."""
 
 
