@@ -44,11 +44,21 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-if [[ $want_test -eq 1 ]]; then
-  .venv/bin/pip install -q -e '.[test]'
-  if [[ ! -x node_modules/.bin/azurite-blob ]] || ! diff -q <(node -e 'console.log(require("./package.json").devDependencies.azurite)') <(node -e 'console.log(require("./node_modules/azurite/package.json").version)') >/dev/null 2>&1; then
-    npm install --no-audit --no-fund --loglevel=error
+# Reinstall only when pyproject.toml changed (an editable install picks up code changes itself).
+extras=""
+[[ $want_test -eq 1 ]] && extras="[test]"
+stamp=".venv/.amlfs-installed$extras"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  log=$(mktemp)
+  if ! .venv/bin/pip install -q -e ".$extras" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; echo "setup: pip install failed" >&2; exit 1
   fi
-else
-  .venv/bin/pip install -q -e .
+  rm -f "$log"
+  echo "$want" > "$stamp"
+fi
+if [[ $want_test -eq 1 ]]; then
+  if [[ ! -x node_modules/.bin/azurite-blob ]] || [[ "$(node -p 'require("./node_modules/azurite/package.json").version' 2>/dev/null)" != "$(node -p 'require("./package.json").devDependencies.azurite')" ]]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
 fi
