@@ -3,11 +3,19 @@ path, as a resumable sync on top of the transfer engine.
 
 State lives beside the data, so that DIR holds exactly the remote files: `.DIR.amlfs-stage.json`
 (a snapshot, replaced atomically) and `.DIR.amlfs-stage.journal` (JSON lines appended after each
-durable commit batch of the engine) in DIR's parent -- or inside DIR as `.amlfs-stage.json` and
-`.amlfs-stage.journal` when the parent is not writable.
+commit batch of the engine) in DIR's parent -- or inside DIR as `.amlfs-stage.json` and
+`.amlfs-stage.journal` when the parent is not writable. A flock on the journal keeps two stages
+out of one DIR.
+
 A file is skipped when the state records the remote ETag and size that the listing shows now and
 the local file still has the size and mtime recorded when it was written. Chunks of large files
-are journalled as they become durable, so a killed run resumes a large file where it stopped.
+are journalled as they are written, so a killed run resumes a large file where it stopped.
+
+A claim ("this file is complete", "these chunks are written") is journalled only after the data
+is in the page cache and renamed; with --fsync only after syncfs. Without --fsync the claim
+carries the boot id and is trusted only during that boot: after a crash of the machine, when the
+page cache may have been lost, those files are fetched again. Claims become durable (the tag is
+dropped) by one syncfs at the start of a later run, when little is left to write back.
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from dataclasses import dataclass, field
 from .backends.base import Backend
 from .errors import AmlfsError
 from .fetch import (
-    DEFAULT_BLOCK_SIZE,
     PART_SUFFIX,
     Committed,
     Downloader,
     DownloadJob,
     TransferResult,
+    chunk_size,
     part_path,
     syncfs,
 )
@@ -341,7 +349,6 @@ def stage(
     `prefix` raises NotFound.
     """
     start = time.monotonic()
-    bs = block_size or DEFAULT_BLOCK_SIZE
     root = os.path.abspath(target_dir)
     if os.path.exists(root) and not os.path.isdir(root):
         raise AmlfsError(f"{target_dir} exists and is not a directory")
@@ -377,7 +384,8 @@ def stage(
         part = state.parts.get(rel)
         if (
             part is not None
-            and (part.etag, part.size, part.block_size) == (info.etag, info.size, bs)
+            and (part.etag, part.size, part.block_size)
+            == (info.etag, info.size, chunk_size(info.size, block_size))
             and part_path(dest)[len(root) + 1 :] in stray_parts
         ):
             job.resume_chunks = frozenset(part.chunks)
@@ -438,7 +446,13 @@ def stage(
 
         def on_commit(done: list[Committed], chunks: list[tuple[DownloadJob, list[int]]]) -> None:
             recs: list[dict] = [
-                {"c": j.key, "e": j.info.etag, "s": j.info.size, "b": bs, "k": idx}
+                {
+                    "c": j.key,
+                    "e": j.info.etag,
+                    "s": j.info.size,
+                    "b": chunk_size(j.info.size, block_size),
+                    "k": idx,
+                }
                 for j, idx in chunks
             ]
             recs += [
@@ -456,7 +470,7 @@ def stage(
             backend,
             root,
             workers=workers,
-            block_size=bs,
+            block_size=block_size,
             progress=progress,
             verify=verify,
             keep_parts=True,

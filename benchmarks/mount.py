@@ -9,6 +9,13 @@ ceiling), single-threaded 4 KiB ranged GETs through the SDK (the random-read ref
 mount of a `local` datastore beside reading its directory directly (the daemon's own overhead).
 
     .venv/bin/python benchmarks/mount.py [--small] [--cases a,b] [--tools amlfs,rclone]
+                                         [--backends blob,fileshare,adls]
+
+`--backends` adds amlfs-only rows (no peer reaches these servers) for an Azure File share and an
+ADLS Gen2 filesystem served by the protocol-level test servers of tests/servers, each in a child
+process (so that its CPU seconds are measured apart and it never shares a GIL with the reader):
+cold sequential read of a 256 MiB file, and the small files read serially. The default is blob
+only; without `blob` neither Azurite nor rclone runs.
 
 Prints a table and writes JSON to benchmarks/results/.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -48,6 +56,10 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONTAINER = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CASES = ("cold_seq", "warm_seq", "small_serial", "small_par8", "ls_lR", "fio_rand")
+PROTOCOL_BACKENDS = ("fileshare", "adls")  # served by tests/servers, measured for amlfs only
+BACKENDS = ("blob", *PROTOCOL_BACKENDS)
+PROTOCOL_CASES = ("cold_seq", "small_serial")
+PROTOCOL_BIG = 256 * MiB
 
 
 @dataclass
@@ -277,7 +289,8 @@ class Bench:
         rate = f" {r.rate:9.1f}/s" if r.rate else ""
         rss = f" rss={r.rss_peak / MiB:.0f}MiB" if r.rss_peak else ""
         cpu = f"{r.cpu:7.2f}" if r.cpu is not None else "      -"
-        srv = f" azurite={r.server_cpu:.2f}s" if r.server_cpu is not None else ""
+        who = "server" if r.tool in PROTOCOL_TOOLS else "azurite"
+        srv = f" {who}={r.server_cpu:.2f}s" if r.server_cpu is not None else ""
         print(
             f"  {r.tool:<12} {r.case:<14} wall={r.wall:7.2f}s cpu={cpu}s{srv}{rate}{rss}"
             f" load={r.load:.1f} {r.note}"
@@ -292,18 +305,20 @@ class Bench:
         sas = container_sas_url(self.az, CONTAINER)
         return mount_rclone(sas, self.mp, str(self.work / "rclone.log"))
 
-    def server_cpu(self) -> float:
+    def server_cpu(self, pid: int | None = None) -> float:
+        if pid is not None:
+            return cpu_seconds(pid)
         return cpu_seconds(self.az.proc.pid) if self.az is not None else 0.0
 
-    def measure(self, m: Mount, case: str, fn) -> Result:
-        s0, c0, t0 = self.server_cpu(), cpu_seconds(m.pid), time.monotonic()
+    def measure(self, m: Mount, case: str, fn, server_pid: int | None = None) -> Result:
+        s0, c0, t0 = self.server_cpu(server_pid), cpu_seconds(m.pid), time.monotonic()
         out = fn()
         wall = time.monotonic() - t0
         cpu = cpu_seconds(m.pid) - c0
         nbytes, ops = out if isinstance(out, tuple) else (out, 0)
         r = Result(m.tool, case, wall, cpu, nbytes, ops, vm_hwm(m.pid))
         if not m.tool.endswith("local"):
-            r.server_cpu = self.server_cpu() - s0
+            r.server_cpu = self.server_cpu(server_pid) - s0
         if m.tool.startswith("amlfs"):
             try:
                 with open(os.path.join(m.mp, ".__amlfs_stats__")) as f:
@@ -353,6 +368,33 @@ class Bench:
                 # abort and may stop answering. Restart it so later runs start clean.
                 assert self.az is not None
                 self.az = restart_azurite(self.az)
+
+    def protocol_cases(self, kind: str, data: Path) -> None:
+        """amlfs on a File share or ADLS Gen2 test server (a child process): cold sequential read
+        of a 256 MiB file, then the small files read serially, each on a fresh mount."""
+        tool = f"amlfs-{kind}"
+        print(f"start the {kind} server and load its data ...", flush=True)
+        with ProtocolServer(kind, data / "small") as srv:
+            registry = str(self.work / f"registry-{kind}.yaml")
+            write_protocol_registry(registry, kind, srv.info)
+            want = {
+                "cold_seq": PROTOCOL_BIG,
+                "small_serial": self.s.small_count * self.s.small_size,
+            }
+            work = {
+                "cold_seq": lambda: read_seq(os.path.join(self.mp, "big/big.bin")),
+                "small_serial": lambda: read_many(os.path.join(self.mp, "small"), 1),
+            }
+            for case in PROTOCOL_CASES:
+                if case not in self.args.cases:
+                    continue
+                m = mount_amlfs(tool, registry, f"{kind}:", self.mp, self.args.cache_size)
+                try:
+                    r = self.measure(m, case, work[case], server_pid=srv.pid)
+                finally:
+                    m.unmount()
+                if r.nbytes != want[case]:  # a short read is a broken run, not a result
+                    r.note = f"BROKEN: read {r.nbytes} of {want[case]} bytes"
 
     # --- references ------------------------------------------------------------------------
 
@@ -429,6 +471,84 @@ class Bench:
                                time.process_time() - c0, nbytes, ops))  # fmt: skip
 
 
+# --- File share and ADLS Gen2 on the protocol-level test servers ---------------------------------
+
+PROTOCOL_TOOLS = tuple(f"amlfs-{k}" for k in PROTOCOL_BACKENDS)
+PROTOCOL_CONTAINER = {"fileshare": "file_share_name", "adls": "filesystem"}
+PROTOCOL_TYPE = {"fileshare": "azure_file", "adls": "azure_data_lake_gen2"}
+
+
+def serve_protocol(kind: str, small_dir: str, conn) -> None:
+    """The child: serve `kind` in memory with big/big.bin and small/*, until told to stop."""
+    from tests.servers.adls import AdlsServer
+    from tests.servers.fileshare import FileShareServer
+
+    server = FileShareServer() if kind == "fileshare" else AdlsServer()
+    put = server.put_file
+    chunk = os.urandom(8 * MiB)
+    # Distinct blocks, as for the blob (a cache keyed on content could not cheat).
+    big = b"".join(i.to_bytes(8, "little") + chunk[8:] for i in range(PROTOCOL_BIG // len(chunk)))
+    put(CONTAINER, "big/big.bin", big)
+    del big
+    for name in sorted(os.listdir(small_dir)):
+        with open(os.path.join(small_dir, name), "rb") as f:
+            put(CONTAINER, f"small/{name}", f.read())
+    server.start()
+    conn.send({"account": server.account, "key": server.key, "account_url": server.account_url})
+    try:
+        conn.recv()  # "stop"
+    except EOFError:  # the parent died
+        pass
+    server.stop()
+
+
+class ProtocolServer:
+    """A tests/servers File share or ADLS Gen2 server in a child process; `pid` for its CPU."""
+
+    def __init__(self, kind: str, small_dir: Path):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that has had threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=serve_protocol, args=(kind, str(small_dir), child), daemon=True
+        )
+        self.kind = kind
+
+    def __enter__(self) -> ProtocolServer:
+        self._proc.start()
+        if not self._conn.poll(300):
+            self._proc.kill()
+            raise RuntimeError(f"the {self.kind} test server did not start")
+        self.info = self._conn.recv()
+        self.pid = self._proc.pid
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._conn.send("stop")
+        except OSError:
+            pass
+        self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def write_protocol_registry(path: str, kind: str, info: dict) -> None:
+    import yaml
+
+    doc = {
+        "default_datastore": kind,
+        "datastores": [
+            {"name": kind, "type": PROTOCOL_TYPE[kind], "account_name": info["account"],
+             PROTOCOL_CONTAINER[kind]: CONTAINER, "account_url": info["account_url"],
+             "protocol": "http", "credentials": {"account_key": info["key"]}},
+        ],
+    }  # fmt: skip
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -487,10 +607,21 @@ def table(results: list[Result], cache_bytes: int) -> list[str]:
         lines.append(f"{'peak RSS':<14} {max(rss) / MiB:>9.0f}Mi {'':>10} "
                      f"{(max(rrss) / MiB if rrss else 0):>10.0f}Mi {'':>11} {'':>10}  "
                      f"budget {cache_bytes / MiB:.0f} MiB + 150 MiB")  # fmt: skip
+    proto = [r for r in results if r.tool in PROTOCOL_TOOLS]
+    if proto:
+        lines.append("")
+        lines.append("other backends, amlfs only (tests/servers in a child process; daemon CPU, "
+                     "server CPU):")  # fmt: skip
+        for r in proto:
+            speed = f"{r.nbytes / MiB / r.wall:6.0f} MiB/s" if r.nbytes and r.wall else ""
+            if r.case == "small_serial" and r.rate:
+                speed += f" {r.rate:6.0f} files/s"
+            lines.append(f"  {r.tool:<16} {r.case:<14} {r.wall:7.2f}s cpu {f(r.cpu):>6} "
+                         f"server {f(r.server_cpu):>6}  {speed} {r.note}")  # fmt: skip
     lines.append("")
     lines.append("references (wall, CPU of the reading process):")
     for r in results:
-        if r.tool in ("amlfs", "rclone"):
+        if r.tool in ("amlfs", "rclone", *PROTOCOL_TOOLS):
             continue
         extra = f"{r.nbytes / MiB / r.wall:8.0f} MiB/s" if r.nbytes and not r.ops else ""
         if r.rate:
@@ -534,12 +665,23 @@ def main() -> int:
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     p.add_argument("--tools", default="amlfs,rclone,local,refs", help="comma-separated subset")
     p.add_argument("--cache-size", default="1GiB", help="amlfs --cache-size (default 1GiB)")
+    p.add_argument(
+        "--backends",
+        default="blob",
+        help="comma-separated subset of blob,fileshare,adls (default blob; fileshare and adls "
+        "are amlfs-only rows on the tests/servers protocol servers)",
+    )
     p.add_argument("--workdir", help="keep data here (default: a fresh temp directory)")
     args = p.parse_args()
     args.cases = set(args.cases.split(","))
     tools = set(args.tools.split(","))
     if unknown := args.cases - set(CASES):
         p.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    backends = [b for b in args.backends.split(",") if b]
+    if not backends:
+        p.error("--backends: name at least one of " + ",".join(BACKENDS))
+    if unknown := set(backends) - set(BACKENDS):
+        p.error(f"unknown backends: {', '.join(sorted(unknown))}")
     s = Sizes.pick(args.small)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="amlfs-mountbench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -550,23 +692,27 @@ def main() -> int:
         print(f"data in {data} ...", flush=True)
         if not data.exists():
             make_data(data, s)
-        # On disk, not in memory: a 1 GiB blob in node's heap would distort Azurite (and RSS).
-        bench.az = start_bench_azurite()
-        write_registry(bench.registry, bench.az, data)
-        print(f"upload to Azurite on port {bench.az.port} ...", flush=True)
-        upload(bench.az, data)
-        print(f"ready after {time.monotonic() - t0:.0f} s", flush=True)
-        if "refs" in tools:
-            bench.ceiling()
-            if "fio_rand" in args.cases:
-                bench.sdk_random()
-            bench.direct(data)
-        if "amlfs" in tools:
-            bench.tool_cases("amlfs", str(data))
-        if "local" in tools:
-            bench.tool_cases("amlfs-local", str(data))
-        if "rclone" in tools:
-            bench.tool_cases("rclone", str(data))
+        if "blob" in backends:
+            # On disk, not in memory: a 1 GiB blob in node's heap would distort Azurite (and RSS).
+            bench.az = start_bench_azurite()
+            write_registry(bench.registry, bench.az, data)
+            print(f"upload to Azurite on port {bench.az.port} ...", flush=True)
+            upload(bench.az, data)
+            print(f"ready after {time.monotonic() - t0:.0f} s", flush=True)
+            if "refs" in tools:
+                bench.ceiling()
+                if "fio_rand" in args.cases:
+                    bench.sdk_random()
+                bench.direct(data)
+            if "amlfs" in tools:
+                bench.tool_cases("amlfs", str(data))
+            if "local" in tools:
+                bench.tool_cases("amlfs-local", str(data))
+            if "rclone" in tools:
+                bench.tool_cases("rclone", str(data))
+        for kind in PROTOCOL_BACKENDS:
+            if kind in backends:
+                bench.protocol_cases(kind, data)
     finally:
         if is_mounted(bench.mp):
             subprocess.run(["fusermount3", "-uz", bench.mp], check=False)
@@ -591,6 +737,10 @@ def main() -> int:
         ).stdout.splitlines()[0],
         "rclone_options": "defaults + --read-only --log-file",
         "host_cpus": os.cpu_count(),
+        "backends": backends,
+        "protocol_servers": "tests/servers (in memory, one child process each, ThreadingHTTPServer)"
+        if set(backends) & set(PROTOCOL_BACKENDS)
+        else None,
         "results": [asdict(r) for r in bench.results],
         "table": lines,
     }

@@ -147,7 +147,11 @@ def main() -> None:
     work = scratch_dir("amlfs-bench-")
     src = Path(work) / "src"
     print(f"source: {n_small} x 128 KiB + {big_mib} MiB in {src}", flush=True)
-    make_source(src, n_small, big_mib << 20)
+    try:
+        make_source(src, n_small, big_mib << 20)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     want_small = (n_small, n_small * SMALL_SIZE)
     want_big = (1, big_mib << 20)
     want_all = (n_small + 1, want_small[1] + want_big[1])
@@ -266,6 +270,8 @@ def main() -> None:
                 b.check(dest, want_all)
     finally:
         b.close()
+        # The scratch tree holds several GiB: never leave it behind, not even after a failure.
+        shutil.rmtree(work, ignore_errors=True)
 
     print_table(b.timings)
     meta = {
@@ -279,7 +285,6 @@ def main() -> None:
     }
     out = save_results("transfer-small" if args.small else "transfer", meta, b.timings)
     print(f"results: {out}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(timings: list[Timing]) -> None:

@@ -358,7 +358,8 @@ def test_unmount_of_a_dead_daemons_mount(local_mounts, local_config):
     assert e.value.errno == errno.ENOTCONN
     r = local_mounts.cli("mounts", "--json")
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert {"mountpoint": str(mp), "state": "dead", "pid": None}.items() <= rows[0].items()
+    ours = [row for row in rows if row["mountpoint"] == str(mp)]
+    assert len(ours) == 1 and {"state": "dead", "pid": None}.items() <= ours[0].items()
     r = local_mounts.cli("stats", str(mp))
     assert r.returncode == 1 and "dead" in r.stderr
     r = local_mounts.cli("mount", "loc:", str(mp))
@@ -375,7 +376,7 @@ def test_unmount_waits_for_the_daemon_and_mounts_lists(local_mounts, local_confi
     assert r.returncode == 0
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE"]
-    assert lines[1].split() == ["loc", "/", str(mp), str(pid), "live"]
+    assert ["loc", "/", str(mp), str(pid), "live"] in [line.split() for line in lines[1:]]
     r = local_mounts.cli("unmount", str(mp))
     assert r.returncode == 0, r.stderr
     assert not _alive(pid)
@@ -522,8 +523,9 @@ def test_odd_mountpoint_and_prefix_names_round_trip(local_mounts, local_config):
     mp = local_mounts.mount("loc:data dir,x", name="mnt with space,comma\\and")
     assert (mp / "f").read_bytes() == b"odd"
     rows = [json.loads(line) for line in local_mounts.cli("mounts", "--json").stdout.splitlines()]
-    assert [(r["mountpoint"], r["datastore"], r["path"]) for r in rows] == [
-        (str(mp), "loc", "data dir,x")
+    # Other amlfs mounts on the machine may be listed too: look at ours.
+    assert [(r["datastore"], r["path"]) for r in rows if r["mountpoint"] == str(mp)] == [
+        ("loc", "data dir,x")
     ]
     r = local_mounts.cli("unmount", str(mp))
     assert r.returncode == 0, r.stderr

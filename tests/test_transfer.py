@@ -11,6 +11,7 @@ import pytest
 from amlfs.backends import open_backend
 from amlfs.backends.base import Backend, NotFound, ObjectInfo
 from amlfs.backends.local import LocalBackend
+from amlfs.fetch import chunk_size
 from amlfs.transfer import (
     PART_SUFFIX,
     TransferResult,
@@ -277,3 +278,11 @@ def test_upload_then_download_round_trip(store, tmp_path):
     r = download(store, tmp_path / "back", keep_prefix=False, workers=3)
     assert r.copied == len(files)
     assert local_tree(tmp_path / "back") == files
+
+
+def test_chunk_size_grows_for_large_files_unless_given():
+    mib = 1 << 20
+    assert chunk_size(100 * mib) == 8 * mib
+    assert chunk_size(300 * mib) == 19 * mib  # about 16 ranges, in whole MiB
+    assert chunk_size(1 << 30) == chunk_size(1 << 40) == 64 * mib
+    assert chunk_size(1 << 30, 4 * mib) == 4 * mib

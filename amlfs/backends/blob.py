@@ -54,6 +54,7 @@ from .base import (
 )
 from .blobget import BlobFastPath, HttpStatusError
 from .blobget import usable as blobget_usable
+from .bloblist import ListedPrefix
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,8 @@ class BlobBackend(AzureBackend):
 
     def _has_children(self, name: str) -> bool:
         """Whether any blob lies under `name` + '/' (one list call, one result)."""
+        if self._fast is not None:
+            return bool(self._fast.list_page(name + "/", page_size=1)[0])
         pages = self._cc.list_blobs(name_starts_with=name + "/", results_per_page=1).by_page()
         return any(True for _ in next(pages, []))
 
@@ -250,6 +253,9 @@ class BlobBackend(AzureBackend):
         prefix = f"{rel}/" if rel else ""
 
         def fetch() -> tuple[list[Any], str | None]:
+            if self._fast is not None:
+                items, marker = self._fast.list_page(prefix, token or "", self.page_size, "/")
+                return items, marker or None
             pages = self._cc.walk_blobs(
                 name_starts_with=prefix or None,
                 include=["metadata"],
@@ -266,7 +272,7 @@ class BlobBackend(AzureBackend):
         prefixes: set[str] = set()
         blob_names: dict[str, str] = {}  # segment -> blob name, of blobs not shadowed (yet)
         for item in items:
-            is_prefix = isinstance(item, BlobPrefix)
+            is_prefix = isinstance(item, (BlobPrefix, ListedPrefix))
             seg = item.name[len(prefix) : -1] if is_prefix else item.name[len(prefix) :]
             if not is_safe_name(seg):
                 self._log_skip(item.name)

@@ -24,7 +24,11 @@ from .transfer import (
     "--dry-run", is_flag=True, help="Print what would be copied and deleted; change nothing."
 )
 @click.option("--verify", is_flag=True, help="Check Content-MD5 where the service has one.")
-@click.option("--block-size", metavar="SIZE", help="Ranged-read size for large files (8M).")
+@click.option(
+    "--block-size",
+    metavar="SIZE",
+    help="Ranged-read size for large files (default 8M, up to 64M for big files).",
+)
 @fsync_option
 @progress_option
 @workers_option

@@ -125,7 +125,11 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
 @click.argument("src")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace local files that exist.")
-@click.option("--block-size", metavar="SIZE", help="Ranged-read size for large files (8M).")
+@click.option(
+    "--block-size",
+    metavar="SIZE",
+    help="Ranged-read size for large files (default 8M, up to 64M for big files).",
+)
 @fsync_option
 @progress_option
 @workers_option

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from ..errors import AmlfsError, UsageError
 from .daemon import FSTYPE
@@ -72,7 +73,10 @@ def all_mounts(mountinfo: str = MOUNTINFO) -> list[MountEntry]:
             fields, tail = left.split(" "), right.split(" ")
             if len(fields) < 5 or len(tail) < 2:
                 continue
-            out.append(MountEntry(_unescape(fields[4]), tail[0], _unescape(tail[1])))
+            source = _unescape(tail[1])
+            if tail[0] == FSTYPE:
+                source = unquote(source)  # daemon.fuse_options percent-encodes non-ASCII
+            out.append(MountEntry(_unescape(fields[4]), tail[0], source))
     return out
 
 

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pyfuse3
 import trio
@@ -95,9 +96,15 @@ def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo
     return ObjectInfo(path=path, is_dir=True, mtime=info.mtime)
 
 
+# pyfuse3 passes mount options as ASCII: anything else in the fsname (and '%' itself) is
+# percent-encoded here and decoded by control.all_mounts.
+FSNAME_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
 def fuse_options(ds: DatastoreConfig, path: str, extra: list[str]) -> set[str]:
     # libfuse splits options at commas and honours backslash escapes.
-    source = f"{ds.name}:{path}".replace("\\", "\\\\").replace(",", "\\,")
+    source = quote(f"{ds.name}:{path}", safe=FSNAME_SAFE)
+    source = source.replace("\\", "\\\\").replace(",", "\\,")
     opts = {f"fsname={source}", f"subtype={SUBTYPE}", "ro", "default_permissions"}
     opts.update(extra)
     return opts

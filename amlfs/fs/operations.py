@@ -28,6 +28,7 @@ from pyfuse3 import FUSEError
 
 from ..backends.base import BackendError, NotFound, ObjectInfo, TrioBackend, is_safe_name, join
 from .inodes import InodeTable, Node, Timeouts, WalkDetector
+from .listings import ListingPrefetcher
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -164,9 +165,14 @@ class Operations(pyfuse3.Operations):
         self._reported: set[tuple[str, str]] = set()
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._mount_time_ns = time.time_ns()  # the mtime of directories that have none
-        self._nursery: trio.Nursery | None = None
-        self._listing_limiter = trio.CapacityLimiter(max(1, self.config.listing_prefetch))
-        self._listing_fetches: dict[str, trio.Event] = {}  # background listings in flight
+        self.listings = ListingPrefetcher(
+            self.table,
+            self._list_accepted,
+            stats,
+            concurrency=self.config.listing_prefetch,
+            queue=self.config.listing_prefetch_queue,
+            wait_timeout=self.request_timeout,
+        )
         # Set once the kernel's INIT is answered (pyfuse3 calls init() just before replying).
         self.initialized = trio.Event()
 
@@ -176,13 +182,7 @@ class Operations(pyfuse3.Operations):
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Host background listings until cancelled. Start with `await nursery.start(ops.run)`;
         without it nothing is listed ahead."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
+        await self.listings.run(task_status=task_status)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -381,7 +381,8 @@ class Operations(pyfuse3.Operations):
         while True:
             if i >= len(handle.entries):
                 if handle.done:
-                    self._prefetch_subdirectories(handle)
+                    if not handle.prefetched:
+                        handle.prefetched = self.listings.prefetch(handle.entries)
                     return
                 # Stream: one LIST page at a time, and reply with it before asking for the next.
                 await self._fetch_page(handle)
@@ -397,12 +398,18 @@ class Operations(pyfuse3.Operations):
 
     async def _fetch_page(self, handle: _DirHandle) -> None:
         path = handle.node.path
-        page, token = await self._list_page(path, handle.token)
-        handle.entries.extend(self._accept(path, page))
+        page, token = await self._list_accepted(path, handle.token)
+        handle.entries.extend(page)
         handle.token = token
         if not token:
             handle.done = True
             self.table.store_listing(path, handle.entries, handle.started)
+
+    async def _list_accepted(
+        self, path: str, token: str | None
+    ) -> tuple[list[ObjectInfo], str | None]:
+        page, token = await self._list_page(path, token)
+        return self._accept(path, page), token
 
     def _accept(self, path: str, page: list[ObjectInfo]) -> list[ObjectInfo]:
         """The entries of one LIST page of `path` that the kernel may see."""
@@ -423,59 +430,9 @@ class Operations(pyfuse3.Operations):
     async def _adopt_background_listing(self, handle: _DirHandle) -> None:
         """If `handle`'s directory is being listed in the background, wait for that listing
         rather than issue a second LIST."""
-        pending = self._listing_fetches.get(handle.node.path)
-        if pending is None:
-            return
-        self.stats.incr("listing_prefetch_waits")
-        with trio.move_on_after(self.request_timeout):
-            await pending.wait()
-        listing = self.table.listing(handle.node.path)
+        listing = await self.listings.wait_for(handle.node.path)
         if listing is not None and not handle.done and not handle.entries:
             handle.entries, handle.done, handle.started = listing.entries, True, listing.fetched
-
-    def _prefetch_subdirectories(self, handle: _DirHandle) -> None:
-        """List the subdirectories of a directory a reader just listed, in the background.
-
-        One level only: listings made here do not start more, so a walk of a huge tree is
-        listed at most one directory level ahead of the reader.
-        """
-        if (
-            self._nursery is None
-            or self.config.listing_prefetch <= 0
-            or self.timeouts.listing <= 0
-            or handle.prefetched
-        ):
-            return
-        handle.prefetched = True
-        for e in handle.entries:
-            if len(self._listing_fetches) >= self.config.listing_prefetch_queue:
-                break
-            if e.is_dir and e.path not in self._listing_fetches and not self.table.listing(e.path):
-                self._listing_fetches[e.path] = trio.Event()
-                self._nursery.start_soon(self._list_in_background, e.path)
-
-    async def _list_in_background(self, path: str) -> None:
-        try:
-            async with self._listing_limiter:
-                if self.table.listing(path) is not None:
-                    return
-                started = self.table.clock()
-                entries: list[ObjectInfo] = []
-                token: str | None = None
-                while True:
-                    page, token = await self._list_page(path, token)
-                    entries.extend(self._accept(path, page))
-                    if not token:
-                        break
-                self.table.store_listing(path, entries, started)
-                self.stats.incr("listing_prefetches")
-        except (BackendError, trio.TooSlowError) as e:
-            # A reader that opens the directory lists it itself and sees the error then.
-            log.debug("background listing of %r failed: %s", path, e)
-        except Exception:
-            log.exception("background listing of %r failed", path)
-        finally:
-            self._listing_fetches.pop(path).set()
 
     def _log_once(self, key: tuple[str, str], msg: str, *args: Any) -> None:
         if key not in self._reported and len(self._reported) < 10_000:
