@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 
 from .backends import Backend, open_backend
-from .errors import UsageError
+from .errors import AmlfsError, UsageError
 from .registry import (
     ADLS,
     BLOB,
@@ -65,6 +65,15 @@ def _azure_config(
         credentials=Credentials(**credentials),
         **container,
     )
+
+
+def _check(result, verb: str):
+    """Raise one clear error when some files failed (the others were still transferred)."""
+    if result.failed:
+        shown = "; ".join(f"{name}: {why}" for name, why in result.failed[:3])
+        more = f" (and {len(result.failed) - 3} more)" if len(result.failed) > 3 else ""
+        raise AmlfsError(f"{len(result.failed)} file(s) failed to {verb}: {shown}{more}")
+    return result
 
 
 class DatastoreMap(dict):
@@ -317,7 +326,7 @@ class Datastore:
             raise UsageError(f"{src_dir} is not a directory")
         backend = self.backend()
         try:
-            return upload_dir(
+            result = upload_dir(
                 backend,
                 src_dir,
                 target_path or "",
@@ -326,6 +335,7 @@ class Datastore:
             )
         finally:
             backend.close()
+        return _check(result, "upload")
 
     def upload_files(
         self,
@@ -340,7 +350,7 @@ class Datastore:
 
         backend = self.backend()
         try:
-            return upload_files(
+            result = upload_files(
                 backend,
                 files,
                 relative_root=relative_root,
@@ -350,6 +360,7 @@ class Datastore:
             )
         finally:
             backend.close()
+        return _check(result, "upload")
 
     def download(
         self,
@@ -374,7 +385,7 @@ class Datastore:
             )
         finally:
             backend.close()
-        return result.copied
+        return _check(result, "download").copied
 
     # --- data references for runs ----------------------------------------------------------
 

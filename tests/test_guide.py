@@ -119,3 +119,21 @@ def test_guide_adls_gen1_call_explains_retirement(tmp_path, monkeypatch):
             client_secret="s",
         )
     assert "gen1" not in ws.datastores
+
+
+def test_download_failure_raises_after_copying_the_rest(tmp_path, monkeypatch):
+    """A file that cannot be written locally fails alone; the API then raises one clear error."""
+    monkeypatch.setenv("AMLFS_REGISTRY", str(tmp_path / "ws.yaml"))
+    from amlfs import AmlfsError, Workspace
+
+    ds = Workspace.from_config().get_default_datastore()
+    b = ds.backend()
+    b.write_bytes("d/good.txt", b"good")
+    b.write_bytes("d/bad", b"bad")
+    b.close()
+    (tmp_path / "out" / "d" / "bad").mkdir(parents=True)  # a directory where the file must go
+    with pytest.raises(AmlfsError, match=r"1 file\(s\) failed to download: d/bad"):
+        ds.download(
+            target_path=str(tmp_path / "out"), prefix="d", overwrite=True, show_progress=False
+        )
+    assert (tmp_path / "out" / "d" / "good.txt").read_bytes() == b"good"
