@@ -1,6 +1,7 @@
 """Shared benchmark helpers: Azurite on disk with a high fd limit, container SAS URLs for the peer
-tools, the azcopy and rclone command lines, and timing of a child process (wall time and the
-child's CPU seconds from os.wait4)."""
+tools, the azcopy and rclone command lines, timing of a child process (wall time and the
+child's CPU seconds from os.wait4), and the File share / ADLS Gen2 test servers of tests/servers
+in a child process."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ VENV_BIN = REPO / ".venv" / "bin"
 __all__ = [
     "ACCOUNT",
     "KEY",
+    "PROTOCOL_BACKENDS",
     "Azurite",
+    "ProtocolServer",
     "Timing",
     "azcopy_binary",
     "azcopy_env",
@@ -42,6 +45,7 @@ __all__ = [
     "scratch_dir",
     "start_bench_azurite",
     "timed",
+    "write_protocol_registry",
 ]
 
 
@@ -208,3 +212,108 @@ def restart_azurite(az: Azurite) -> Azurite:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("azurite did not listen again within 30 s")
+
+
+# --- File share and ADLS Gen2 on the protocol-level test servers (amlfs only: no peer reaches them)
+
+PROTOCOL_BACKENDS = ("fileshare", "adls")
+_CHUNK = 8 << 20
+
+
+def serve_protocol(
+    kind: str, container: str, files: list[tuple[str, str]], synthetic: dict[str, int], conn
+) -> None:
+    """The child: serve `kind` in memory with `files` ((remote name, local path) pairs) and
+    `synthetic` ({remote name: size}, content made here) in `container`, until told to stop."""
+    from amlfs.schema import datastore_to_dict
+    from tests.servers.adls import AdlsServer
+    from tests.servers.fileshare import FileShareServer
+    from tests.servers.fixtures import make_adls_config, make_fileshare_config
+
+    if kind == "fileshare":
+        server = FileShareServer()
+        ds = make_fileshare_config(server, share=container)
+    elif kind == "adls":
+        server = AdlsServer()
+        ds = make_adls_config(server, filesystem=container)
+    else:
+        raise ValueError(f"unknown protocol backend {kind!r}")
+    chunk = os.urandom(_CHUNK)
+    for name, size in synthetic.items():
+        # Distinct blocks (a cache keyed on content could not cheat), fast to make.
+        n = -(-size // _CHUNK)
+        data = b"".join(i.to_bytes(8, "little") + chunk[8:] for i in range(n))[:size]
+        server.put_file(container, name, data)
+        del data
+    for name, path in files:
+        with open(path, "rb") as f:
+            server.put_file(container, name, f.read())
+    server.start()
+    conn.send(datastore_to_dict(ds))
+    try:
+        conn.recv()  # "stop"
+    except EOFError:  # the parent died
+        pass
+    server.stop()
+
+
+class ProtocolServer:
+    """A tests/servers File share or ADLS Gen2 server in a child process (so that its CPU is
+    measured apart from the client's and it never shares a GIL with it). Inside `with`, `entry`
+    is its datastore's registry entry (named `kind`, key auth) and `pid` the server's process."""
+
+    def __init__(
+        self,
+        kind: str,
+        container: str,
+        files: list[tuple[str, str]] | None = None,
+        synthetic: dict[str, int] | None = None,
+    ):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that has had threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=serve_protocol,
+            args=(kind, container, list(files or []), dict(synthetic or {}), child),
+            daemon=True,
+        )
+        self.kind = kind
+        self.entry: dict = {}
+        self.pid = 0
+
+    def __enter__(self) -> ProtocolServer:
+        self._proc.start()
+        if not self._conn.poll(300):
+            self._proc.kill()
+            raise RuntimeError(f"the {self.kind} test server did not start")
+        self.entry = self._conn.recv()
+        self.pid = self._proc.pid or 0
+        return self
+
+    def cpu_seconds(self) -> float:
+        """The server process's user + system CPU seconds so far."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._conn.send("stop")
+        except OSError:
+            pass
+        self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def write_protocol_registry(path: str, entry: dict) -> str:
+    """A registry file naming the one datastore `entry` (0600: it holds the key)."""
+    import yaml
+
+    doc = {"default_datastore": entry["name"], "datastores": [entry]}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path

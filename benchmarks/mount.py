@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -43,20 +42,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ACCOUNT,
     KEY,
+    PROTOCOL_BACKENDS,
     RESULTS,
     Azurite,
+    ProtocolServer,
     amlfs_cmd,
     container_sas_url,
     rclone_remote,
     restart_azurite,
     start_bench_azurite,
+    write_protocol_registry,
 )
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONTAINER = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CASES = ("cold_seq", "warm_seq", "small_serial", "small_par8", "ls_lR", "fio_rand")
-PROTOCOL_BACKENDS = ("fileshare", "adls")  # served by tests/servers, measured for amlfs only
 BACKENDS = ("blob", *PROTOCOL_BACKENDS)
 PROTOCOL_CASES = ("cold_seq", "small_serial")
 PROTOCOL_BIG = 256 * MiB
@@ -374,9 +375,11 @@ class Bench:
         of a 256 MiB file, then the small files read serially, each on a fresh mount."""
         tool = f"amlfs-{kind}"
         print(f"start the {kind} server and load its data ...", flush=True)
-        with ProtocolServer(kind, data / "small") as srv:
+        small = [(f"small/{p.name}", str(p)) for p in sorted((data / "small").iterdir())]
+        big = {"big/big.bin": PROTOCOL_BIG}
+        with ProtocolServer(kind, CONTAINER, files=small, synthetic=big) as srv:
             registry = str(self.work / f"registry-{kind}.yaml")
-            write_protocol_registry(registry, kind, srv.info)
+            write_protocol_registry(registry, srv.entry)
             want = {
                 "cold_seq": PROTOCOL_BIG,
                 "small_serial": self.s.small_count * self.s.small_size,
@@ -474,80 +477,6 @@ class Bench:
 # --- File share and ADLS Gen2 on the protocol-level test servers ---------------------------------
 
 PROTOCOL_TOOLS = tuple(f"amlfs-{k}" for k in PROTOCOL_BACKENDS)
-PROTOCOL_CONTAINER = {"fileshare": "file_share_name", "adls": "filesystem"}
-PROTOCOL_TYPE = {"fileshare": "azure_file", "adls": "azure_data_lake_gen2"}
-
-
-def serve_protocol(kind: str, small_dir: str, conn) -> None:
-    """The child: serve `kind` in memory with big/big.bin and small/*, until told to stop."""
-    from tests.servers.adls import AdlsServer
-    from tests.servers.fileshare import FileShareServer
-
-    server = FileShareServer() if kind == "fileshare" else AdlsServer()
-    put = server.put_file
-    chunk = os.urandom(8 * MiB)
-    # Distinct blocks, as for the blob (a cache keyed on content could not cheat).
-    big = b"".join(i.to_bytes(8, "little") + chunk[8:] for i in range(PROTOCOL_BIG // len(chunk)))
-    put(CONTAINER, "big/big.bin", big)
-    del big
-    for name in sorted(os.listdir(small_dir)):
-        with open(os.path.join(small_dir, name), "rb") as f:
-            put(CONTAINER, f"small/{name}", f.read())
-    server.start()
-    conn.send({"account": server.account, "key": server.key, "account_url": server.account_url})
-    try:
-        conn.recv()  # "stop"
-    except EOFError:  # the parent died
-        pass
-    server.stop()
-
-
-class ProtocolServer:
-    """A tests/servers File share or ADLS Gen2 server in a child process; `pid` for its CPU."""
-
-    def __init__(self, kind: str, small_dir: Path):
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that has had threads
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=serve_protocol, args=(kind, str(small_dir), child), daemon=True
-        )
-        self.kind = kind
-
-    def __enter__(self) -> ProtocolServer:
-        self._proc.start()
-        if not self._conn.poll(300):
-            self._proc.kill()
-            raise RuntimeError(f"the {self.kind} test server did not start")
-        self.info = self._conn.recv()
-        self.pid = self._proc.pid
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self._conn.send("stop")
-        except OSError:
-            pass
-        self._proc.join(15)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-
-
-def write_protocol_registry(path: str, kind: str, info: dict) -> None:
-    import yaml
-
-    doc = {
-        "default_datastore": kind,
-        "datastores": [
-            {"name": kind, "type": PROTOCOL_TYPE[kind], "account_name": info["account"],
-             PROTOCOL_CONTAINER[kind]: CONTAINER, "account_url": info["account_url"],
-             "protocol": "http", "credentials": {"account_key": info["key"]}},
-        ],
-    }  # fmt: skip
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(doc, f)
-
 
 # --- report -------------------------------------------------------------------------------------
 

@@ -9,6 +9,13 @@ checked (file count and bytes) so that a tool that copies less cannot look faste
 
     .venv/bin/python benchmarks/transfer.py            # the full run (~10 minutes)
     .venv/bin/python benchmarks/transfer.py --small    # 200 files + 64 MiB, for development
+    .venv/bin/python benchmarks/transfer.py --small --backends blob,fileshare,adls
+
+`--backends` adds amlfs-only rows (no peer reaches these servers) for an Azure File share and an
+ADLS Gen2 filesystem served by the protocol-level test servers of tests/servers, each in a child
+process (its CPU seconds measured apart from the client's): `amlfs stage` first run and
+no-change re-run of the small files and of the big file. The default is blob only; without
+`blob` neither Azurite nor the peers run.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    PROTOCOL_BACKENDS,
+    ProtocolServer,
     Timing,
     amlfs_cmd,
     azcopy_binary,
@@ -35,9 +45,12 @@ from benchmarks.common import (  # noqa: E402
     scratch_dir,
     start_bench_azurite,
     timed,
+    write_protocol_registry,
 )
 
 SMALL_SIZE = 128 << 10
+BACKENDS = ("blob", *PROTOCOL_BACKENDS)
+PROTOCOL_TOOLS = tuple(f"amlfs-{k}" for k in PROTOCOL_BACKENDS)
 RCLONE_TUNED = ["--transfers", "32", "--checkers", "32", "--multi-thread-streams", "16"]
 
 
@@ -62,6 +75,12 @@ def tree_size(root: str) -> tuple[int, int]:
             files += 1
             size += os.path.getsize(os.path.join(dirpath, n))
     return files, size
+
+
+def check_tree(where: str, want: tuple[int, int]) -> None:
+    got = tree_size(where)
+    if got != want:
+        raise RuntimeError(f"{where}: copied {got} (files, bytes), expected {want}")
 
 
 def settle() -> None:
@@ -125,9 +144,7 @@ class Bench:
         return t
 
     def check(self, where: str, want: tuple[int, int]) -> None:
-        got = tree_size(where)
-        if got != want:
-            raise RuntimeError(f"{where}: copied {got} (files, bytes), expected {want}")
+        check_tree(where, want)
 
     def close(self) -> None:
         self.az.stop()
@@ -140,7 +157,18 @@ def main() -> None:
     ap.add_argument("--big-mib", type=int, help="size of the big file in MiB (default 1024)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each case (median)")
     ap.add_argument("--no-tuned", action="store_true", help="skip the tuned-rclone rows")
+    ap.add_argument(
+        "--backends",
+        default="blob",
+        help="comma-separated subset of blob,fileshare,adls (default blob; fileshare and adls "
+        "are amlfs-only stage rows on the tests/servers protocol servers)",
+    )
     args = ap.parse_args()
+    backends = [x for x in args.backends.split(",") if x]
+    if not backends:
+        ap.error("--backends: name at least one of " + ",".join(BACKENDS))
+    if unknown := set(backends) - set(BACKENDS):
+        ap.error(f"unknown backends: {', '.join(sorted(unknown))}")
     n_small = args.files or (200 if args.small else 2000)
     big_mib = args.big_mib or (64 if args.small else 1024)
 
@@ -156,141 +184,232 @@ def main() -> None:
     want_big = (1, big_mib << 20)
     want_all = (n_small + 1, want_small[1] + want_big[1])
     load_before = os.getloadavg()
-    b = Bench(args, work)
+    b: Bench | None = None
+    timings: list[Timing] = []
     try:
-        data = b.container("data")
-        sas = b.sas(data)
-        base, query = sas.split("?", 1)
-        tools = ["amlfs", "rclone", "azcopy"] + ([] if args.no_tuned else ["rclone-tuned"])
-
-        # --- upload: each tool into its own container, every repetition a fresh one --------
-        print("upload", flush=True)
-        for rep in range(args.reps):
-            for tool in ("amlfs", "rclone", "azcopy"):
-                c = data if (tool, rep) == ("amlfs", 0) else b.container(f"up-{tool}-{rep}")
-                csas = b.sas(c)
-                cbase, cquery = csas.split("?", 1)
-                for case, part in (("upload small", "small"), ("upload big", "big")):
-                    settle()
-                    if tool == "amlfs":
-                        cmd = b.amlfs("upload", str(src / part), f"{c.replace('-', '_')}:{part}")
-                    elif tool == "rclone":
-                        cmd = [
-                            "rclone",
-                            "copy",
-                            str(src / part),
-                            rclone_remote(csas) + f"{c}/{part}",
-                        ]
-                    else:
-                        cmd = [
-                            b.azcopy,
-                            "copy",
-                            str(src / part),
-                            f"{cbase}?{cquery}",
-                            "--recursive",
-                            "--from-to",
-                            "LocalBlob",
-                            "--log-level",
-                            "ERROR",
-                            "--output-level",
-                            "quiet",
-                        ]
-                    b.run(tool, case, cmd, env=b.azenv if tool == "azcopy" else None)
-
-        def download_cmd(tool: str, part: str, dest: str) -> list[str]:
-            if tool == "amlfs":
-                return b.amlfs("download", f"data:{part}", dest)
-            if tool.startswith("rclone"):
-                extra = RCLONE_TUNED if tool == "rclone-tuned" else []
-                return ["rclone", "copy", rclone_remote(sas) + f"{data}/{part}", dest, *extra]
-            src_url = f"{base}/{part}/*?{query}" if part else f"{base}/*?{query}"
-            return [
-                b.azcopy,
-                "copy",
-                src_url,
-                dest,
-                "--recursive",
-                "--from-to",
-                "BlobLocal",
-                "--log-level",
-                "ERROR",
-                "--output-level",
-                "quiet",
-            ]
-
-        # --- download -----------------------------------------------------------------------
-        print("download", flush=True)
-        for _rep in range(args.reps):
-            for part, want in (("small", want_small), ("big", want_big)):
-                for tool in tools:
-                    dest = os.path.join(work, f"dl-{tool}")
-                    drop_dir(dest)
-                    settle()
-                    b.run(
-                        tool,
-                        f"download {part}",
-                        download_cmd(tool, part, dest),
-                        env=b.azenv if tool == "azcopy" else None,
-                    )
-                    b.check(dest, want)
-
-        # --- stage: first run of everything, then a re-run with nothing changed --------------
-        print("stage", flush=True)
-        for _rep in range(args.reps):
-            for tool in tools:
-                dest = os.path.join(work, f"st-{tool}")
-                drop_dir(dest)
-                state = os.path.join(work, f".st-{tool}.amlfs-stage.json")
-                if os.path.exists(state):
-                    os.unlink(state)
-                settle()
-                env = b.azenv if tool == "azcopy" else None
-                if tool == "amlfs":
-                    first = again = b.amlfs("stage", "data:", dest)
-                elif tool.startswith("rclone"):
-                    first = again = download_cmd(tool, "", dest)
-                else:
-                    first = download_cmd(tool, "", dest)
-                    again = [
-                        b.azcopy,
-                        "sync",
-                        f"{base}?{query}",
-                        dest,
-                        "--recursive",
-                        "--from-to",
-                        "BlobLocal",
-                        "--log-level",
-                        "ERROR",
-                        "--output-level",
-                        "quiet",
-                    ]
-                b.run(tool, "stage first run", first, env=env)
-                b.check(dest, want_all)
-                b.run(tool, "stage no-change re-run", again, env=env)
-                b.check(dest, want_all)
+        if "blob" in backends:
+            b = Bench(args, work)
+            blob_cases(b, src, want_small, want_big, want_all)
+        for kind in PROTOCOL_BACKENDS:
+            if kind in backends:
+                timings += protocol_stage(kind, args, src, work, want_small, want_big)
     finally:
-        b.close()
+        if b is not None:
+            b.close()
         # The scratch tree holds several GiB: never leave it behind, not even after a failure.
         shutil.rmtree(work, ignore_errors=True)
+    timings = (b.timings if b is not None else []) + timings
 
-    print_table(b.timings)
+    print_table(timings)
     meta = {
         "files": n_small,
         "file_bytes": SMALL_SIZE,
         "big_bytes": big_mib << 20,
         "reps": args.reps,
-        "azurite": "on-disk persistence (temp dir), high ulimit -n",
+        "backends": backends,
+        "azurite": "on-disk persistence (temp dir), high ulimit -n" if "blob" in backends else None,
+        "protocol_servers": "tests/servers (in memory, one child process each, ThreadingHTTPServer)"
+        if set(backends) & set(PROTOCOL_BACKENDS)
+        else None,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
     }
-    out = save_results("transfer-small" if args.small else "transfer", meta, b.timings)
+    out = save_results("transfer-small" if args.small else "transfer", meta, timings)
     print(f"results: {out}")
+
+
+def blob_cases(
+    b: Bench,
+    src: Path,
+    want_small: tuple[int, int],
+    want_big: tuple[int, int],
+    want_all: tuple[int, int],
+) -> None:
+    """Upload, download and stage on Azurite: amlfs, rclone and azcopy interleaved."""
+    args, work = b.args, b.work
+    data = b.container("data")
+    sas = b.sas(data)
+    base, query = sas.split("?", 1)
+    tools = ["amlfs", "rclone", "azcopy"] + ([] if args.no_tuned else ["rclone-tuned"])
+
+    # --- upload: each tool into its own container, every repetition a fresh one --------
+    print("upload", flush=True)
+    for rep in range(args.reps):
+        for tool in ("amlfs", "rclone", "azcopy"):
+            c = data if (tool, rep) == ("amlfs", 0) else b.container(f"up-{tool}-{rep}")
+            csas = b.sas(c)
+            cbase, cquery = csas.split("?", 1)
+            for case, part in (("upload small", "small"), ("upload big", "big")):
+                settle()
+                if tool == "amlfs":
+                    cmd = b.amlfs("upload", str(src / part), f"{c.replace('-', '_')}:{part}")
+                elif tool == "rclone":
+                    cmd = [
+                        "rclone",
+                        "copy",
+                        str(src / part),
+                        rclone_remote(csas) + f"{c}/{part}",
+                    ]
+                else:
+                    cmd = [
+                        b.azcopy,
+                        "copy",
+                        str(src / part),
+                        f"{cbase}?{cquery}",
+                        "--recursive",
+                        "--from-to",
+                        "LocalBlob",
+                        "--log-level",
+                        "ERROR",
+                        "--output-level",
+                        "quiet",
+                    ]
+                b.run(tool, case, cmd, env=b.azenv if tool == "azcopy" else None)
+
+    def download_cmd(tool: str, part: str, dest: str) -> list[str]:
+        if tool == "amlfs":
+            return b.amlfs("download", f"data:{part}", dest)
+        if tool.startswith("rclone"):
+            extra = RCLONE_TUNED if tool == "rclone-tuned" else []
+            return ["rclone", "copy", rclone_remote(sas) + f"{data}/{part}", dest, *extra]
+        src_url = f"{base}/{part}/*?{query}" if part else f"{base}/*?{query}"
+        return [
+            b.azcopy,
+            "copy",
+            src_url,
+            dest,
+            "--recursive",
+            "--from-to",
+            "BlobLocal",
+            "--log-level",
+            "ERROR",
+            "--output-level",
+            "quiet",
+        ]
+
+    # --- download -----------------------------------------------------------------------
+    print("download", flush=True)
+    for _rep in range(args.reps):
+        for part, want in (("small", want_small), ("big", want_big)):
+            for tool in tools:
+                dest = os.path.join(work, f"dl-{tool}")
+                drop_dir(dest)
+                settle()
+                b.run(
+                    tool,
+                    f"download {part}",
+                    download_cmd(tool, part, dest),
+                    env=b.azenv if tool == "azcopy" else None,
+                )
+                b.check(dest, want)
+
+    # --- stage: first run of everything, then a re-run with nothing changed --------------
+    print("stage", flush=True)
+    for _rep in range(args.reps):
+        for tool in tools:
+            dest = os.path.join(work, f"st-{tool}")
+            drop_dir(dest)
+            state = os.path.join(work, f".st-{tool}.amlfs-stage.json")
+            if os.path.exists(state):
+                os.unlink(state)
+            settle()
+            env = b.azenv if tool == "azcopy" else None
+            if tool == "amlfs":
+                first = again = b.amlfs("stage", "data:", dest)
+            elif tool.startswith("rclone"):
+                first = again = download_cmd(tool, "", dest)
+            else:
+                first = download_cmd(tool, "", dest)
+                again = [
+                    b.azcopy,
+                    "sync",
+                    f"{base}?{query}",
+                    dest,
+                    "--recursive",
+                    "--from-to",
+                    "BlobLocal",
+                    "--log-level",
+                    "ERROR",
+                    "--output-level",
+                    "quiet",
+                ]
+            b.run(tool, "stage first run", first, env=env)
+            b.check(dest, want_all)
+            b.run(tool, "stage no-change re-run", again, env=env)
+            b.check(dest, want_all)
+
+
+@dataclass
+class ServerTiming(Timing):
+    server_cpu: float | None = None  # the test server's CPU seconds during the run
+
+
+def protocol_stage(
+    kind: str,
+    args: argparse.Namespace,
+    src: Path,
+    work: str,
+    want_small: tuple[int, int],
+    want_big: tuple[int, int],
+) -> list[Timing]:
+    """`amlfs stage` of the small files and of the big file from a File share or ADLS Gen2 test
+    server holding `src`: first run into an empty directory, then a re-run with nothing changed."""
+    tool = f"amlfs-{kind}"
+    files = [(p.relative_to(src).as_posix(), str(p)) for p in sorted(src.rglob("*")) if p.is_file()]
+    print(f"stage on {kind}: start the test server and load its data ...", flush=True)
+    timings: list[Timing] = []
+    with ProtocolServer(kind, "data", files=files) as srv:
+        registry = write_protocol_registry(os.path.join(work, f"registry-{kind}.yaml"), srv.entry)
+        for _rep in range(args.reps):
+            for part, want in (("small", want_small), ("big", want_big)):
+                dest = os.path.join(work, f"st-{tool}-{part}")
+                drop_dir(dest)
+                for suffix in ("json", "journal"):
+                    state = os.path.join(work, f".st-{tool}-{part}.amlfs-stage.{suffix}")
+                    if os.path.exists(state):
+                        os.unlink(state)
+                cmd = amlfs_cmd(
+                    "--registry", registry, "stage", f"{srv.entry['name']}:{part}", dest,
+                    "--no-progress",
+                )  # fmt: skip
+                for case in (f"stage {part} first run", f"stage {part} no-change re-run"):
+                    settle()
+                    s0 = srv.cpu_seconds()
+                    t = timed(tool, case, cmd)
+                    st = ServerTiming(**asdict(t), server_cpu=srv.cpu_seconds() - s0)
+                    check_tree(dest, want)
+                    timings.append(st)
+                    print(
+                        f"  {tool:<16} {case:<28} {st.wall:7.2f} s  cpu {st.cpu:6.2f} s"
+                        f"  server cpu {st.server_cpu:6.2f} s",
+                        flush=True,
+                    )
+    return timings
 
 
 def print_table(timings: list[Timing]) -> None:
     cases: dict[str, dict[str, list[Timing]]] = {}
     for t in timings:
-        cases.setdefault(t.case, {}).setdefault(t.tool, []).append(t)
+        if t.tool not in PROTOCOL_TOOLS:
+            cases.setdefault(t.case, {}).setdefault(t.tool, []).append(t)
+    if cases:
+        print_peer_table(cases)
+    proto: dict[tuple[str, str], list[ServerTiming]] = {}
+    for t in timings:
+        if isinstance(t, ServerTiming):
+            proto.setdefault((t.case, t.tool), []).append(t)
+    if proto:
+        print()
+        print("other backends, amlfs only (tests/servers in a child process; medians):")
+        print(f"{'case':<32} {'tool':<16} {'wall s':>8} {'cpu s':>8} {'server cpu s':>13}")
+        for (case, tool), ts in proto.items():  # first seen first: tool, then case
+            wall = statistics.median(t.wall for t in ts)
+            cpu = statistics.median(t.cpu for t in ts)
+            srv = statistics.median(t.server_cpu or 0.0 for t in ts)
+            print(f"{case:<32} {tool:<16} {wall:8.2f} {cpu:8.2f} {srv:13.2f}")
+
+
+def print_peer_table(cases: dict[str, dict[str, list[Timing]]]) -> None:
     print()
     print(f"{'case':<24} {'tool':<14} {'wall s':>8} {'cpu s':>8} {'vs amlfs':>9}")
     for case, by_tool in cases.items():
