@@ -1,22 +1,11 @@
 """The download engine behind download, stage and as_download: parallel across files, large
-files in parallel ranged chunks written in place into a preallocated hidden temp file, atomic
-renames, bounded memory and concurrency.
-
-Atomicity: a file is never visible under its real name before it is complete. Workers write
-whole files (or chunks) to `.<name>.amlfs-part`; a committer thread renames completed files in
-batches and then calls `on_commit` (stage journals its state only there).
-
-Durability (`durable=True`, the CLI's --fsync): each batch is `syncfs` (data on disk) -> rename
-all -> `syncfs` (renames on disk) -> `on_commit`: one syncfs per batch costs far less than one
-fsync per file. Without it (the default, as rclone and azcopy do) the kernel writes back when it
-likes, which saves ~2 s per GiB on this machine's disk; process kills lose nothing either way (the
-page cache survives them), and stage tags such claims with the boot id so that after a crash of
-the machine it fetches those files again instead of trusting them.
+files in parallel ranged chunks written in place into a preallocated hidden part file, bounded
+memory and concurrency. Completed part files are published by amlfs.commit (atomic renames in
+batches, durable with --fsync).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
@@ -37,21 +26,18 @@ from .backends.base import (
     Transient,
     retry,
 )
+from .commit import Committed, Committer, part_path, unlink_quiet
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
-    "PART_SUFFIX",
-    "Committed",
     "DownloadJob",
     "Downloader",
     "TransferResult",
     "chunk_size",
     "error_text",
-    "part_path",
-    "syncfs",
 ]
 
 DEFAULT_BLOCK_SIZE = 8 << 20
@@ -62,9 +48,6 @@ DEFAULT_RANGE_WORKERS = 8
 #: workers x this); larger ones go through the ranged path, streamed into the file.
 SMALL_FILE_MAX = 1 << 20
 MAX_AUTO_CHUNK = 64 << 20
-PART_SUFFIX = ".amlfs-part"
-COMMIT_INTERVAL = 0.5
-COMMIT_BATCH = 512
 
 
 @dataclass
@@ -97,15 +80,6 @@ class DownloadJob:
     resume_chunks: frozenset[int] = frozenset()
 
 
-@dataclass(slots=True)
-class Committed:
-    """A file now complete under its real name, with the local stat stage records."""
-
-    job: DownloadJob
-    size: int
-    mtime_ns: int
-
-
 def chunk_size(size: int, block_size: int | None = None) -> int:
     """The ranged-read size for a file of `size` bytes: `block_size` when given; else 8 MiB,
     grown (in whole MiB, up to 64 MiB) so that a file takes about 2 x DEFAULT_RANGE_WORKERS
@@ -118,119 +92,12 @@ def chunk_size(size: int, block_size: int | None = None) -> int:
     return min(MAX_AUTO_CHUNK, max(DEFAULT_BLOCK_SIZE, -(-want // (1 << 20)) << 20))
 
 
-def part_path(dest: str) -> str:
-    """The hidden temp name beside `dest` (hashed when `.NAME.amlfs-part` would be too long)."""
-    d, name = os.path.split(dest)
-    part = f".{name}{PART_SUFFIX}"
-    if len(part.encode("utf-8", "surrogateescape")) > 255:
-        part = f".{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()}{PART_SUFFIX}"
-    return os.path.join(d, part)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(fd: int) -> None:
-    """Flush the whole filesystem holding `fd` (Linux syncfs; os.sync where it is missing)."""
-    fn = getattr(_libc, "syncfs", None)
-    if fn is None or fn(fd) != 0:
-        os.sync()
-
-
 def error_text(e: BaseException, where: str) -> str:
     if isinstance(e, BackendError):
         return str(e)
     if isinstance(e, OSError):
         return f"{where}: {e.strerror or e}"
     return f"{where}: {type(e).__name__}: {e}"
-
-
-class _Committer:
-    """Publishes completed temp files in durable batches (see the module docstring)."""
-
-    def __init__(
-        self,
-        root: str,
-        durable: bool,
-        on_commit: Callable[[list[Committed], list[tuple[DownloadJob, list[int]]]], None] | None,
-        fail: Callable[[str, str], None],
-    ):
-        self.durable = durable
-        self.on_commit = on_commit
-        self.fail = fail
-        self.committed = 0
-        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if durable else -1
-        self._pending: list[tuple[str, Committed]] = []
-        self._chunks: list[tuple[DownloadJob, list[int]]] = []
-        self._cv = threading.Condition()
-        self._closing = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="amlfs-commit", daemon=True)
-        self._thread.start()
-
-    def add(self, tmp: str, done: Committed) -> None:
-        with self._cv:
-            self._pending.append((tmp, done))
-            if len(self._pending) >= COMMIT_BATCH:
-                self._cv.notify()
-
-    def add_chunks(self, job: DownloadJob, indices: list[int]) -> None:
-        if self.on_commit is not None and indices:
-            with self._cv:
-                self._chunks.append((job, indices))
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                if not self._closing and len(self._pending) < COMMIT_BATCH:
-                    self._cv.wait(COMMIT_INTERVAL)
-                closing = self._closing
-            try:
-                self.commit()
-            except BaseException as e:  # reported by close(); the run must not claim success
-                self._error = e
-                return
-            if closing:
-                return
-
-    def commit(self) -> None:
-        with self._cv:
-            pending, self._pending = self._pending, []
-            chunks, self._chunks = self._chunks, []
-        if not pending and not chunks:
-            return
-        if self.durable:
-            syncfs(self._fd)
-        done: list[Committed] = []
-        for tmp, c in pending:
-            try:
-                os.replace(tmp, c.job.dest)
-                done.append(c)
-            except OSError as e:
-                self.fail(c.job.key, error_text(e, c.job.dest))
-                _unlink_quiet(tmp)
-        if self.durable and done:
-            syncfs(self._fd)
-        self.committed += len(done)
-        if self.on_commit is not None:
-            self.on_commit(done, chunks)
-
-    def close(self) -> None:
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        self._thread.join()
-        if self._fd >= 0:
-            os.close(self._fd)
-        if self._error is not None:
-            raise self._error
-
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
@@ -327,6 +194,9 @@ class Downloader:
         with self._lock:
             self.result.failed.append((key, message))
 
+    def _rename_failed(self, done: Committed, e: OSError) -> None:
+        self._fail(done.job.key, error_text(e, done.job.dest))
+
     def _count(self, **kw: int) -> None:
         with self._lock:
             for k, v in kw.items():
@@ -410,7 +280,7 @@ class Downloader:
     def run(self, jobs: Iterable[DownloadJob]) -> TransferResult:
         start = time.monotonic()
         os.makedirs(self.root, exist_ok=True)
-        self._committer = _Committer(self.root, self.durable, self.on_commit, self._fail)
+        self._committer = Committer(self.root, self.durable, self.on_commit, self._rename_failed)
         jobs = list(jobs)
         self._big_it = self._big_tasks(jobs)
         self._small_it = ((False, self._small, j) for j in jobs if self._is_small(j))
@@ -447,7 +317,7 @@ class Downloader:
                 os.close(bf.fd)
                 bf.fd = -1
             if not self.keep_parts:
-                _unlink_quiet(bf.tmp)
+                unlink_quiet(bf.tmp)
         self._open_big.clear()
 
     # --- reading ---------------------------------------------------------------------------
@@ -525,7 +395,7 @@ class Downloader:
             finally:
                 os.close(fd)
         except OSError as e:
-            _unlink_quiet(tmp)
+            unlink_quiet(tmp)
             self._fail(job.key, error_text(e, job.dest))
             return
         self._count(bytes=info.size)
@@ -641,7 +511,7 @@ class Downloader:
         if bf.fd >= 0:
             os.close(bf.fd)
             bf.fd = -1
-        _unlink_quiet(bf.tmp)
+        unlink_quiet(bf.tmp)
         with self._lock:
             self._open_big.discard(bf)
 

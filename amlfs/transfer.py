@@ -27,12 +27,10 @@ from .errors import AmlfsError
 from .fetch import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_WORKERS,
-    PART_SUFFIX,
     Downloader,
     DownloadJob,
     TransferResult,
     error_text,
-    part_path,
 )
 from .progress import Progress, should_show
 
@@ -40,11 +38,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
-    "PART_SUFFIX",
     "TransferResult",
     "download",
     "list_remote",
-    "part_path",
     "relative_name",
     "safe_jobs",
     "upload_dir",

@@ -16,7 +16,8 @@ import pytest
 
 from amlfs.backends import open_backend
 from amlfs.backends.base import Backend, NotFound
-from amlfs.stage import stage, state_paths
+from amlfs.stage import stage
+from amlfs.stagestate import state_paths
 
 from .test_transfer import BLOCK, ODD_NAMES, data_for, local_tree, no_parts, put_tree
 

@@ -11,12 +11,11 @@ import pytest
 from amlfs.backends import open_backend
 from amlfs.backends.base import Backend, NotFound, ObjectInfo
 from amlfs.backends.local import LocalBackend
+from amlfs.commit import PART_SUFFIX, part_path
 from amlfs.fetch import chunk_size
 from amlfs.transfer import (
-    PART_SUFFIX,
     TransferResult,
     download,
-    part_path,
     safe_jobs,
     upload_dir,
     upload_files,
