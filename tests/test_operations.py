@@ -22,7 +22,8 @@ from amlfs.backends.base import BackendError, ObjectInfo, TrioBackend
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
 from amlfs.fs.datapath import DataPath, DataPathConfig
-from amlfs.fs.inodes import Timeouts
+from amlfs.fs.inodes import InodeTable, Timeouts
+from amlfs.fs.listings import ListingPrefetcher
 from amlfs.fs.operations import STATS_INODE, STATS_NAME, Operations, OperationsConfig
 from amlfs.fs.stats import Stats
 
@@ -535,8 +536,8 @@ def test_a_completed_listing_lists_its_subdirectories_in_the_background(tmp_path
         await kernel.readdir(ops, fh)
         await ops.releasedir(fh)
         # Queued as the listing completed; they run while the reader is elsewhere.
-        assert set(ops._listing_fetches) == {f"tree/d{d:02d}" for d in range(6)}
-        while ops._listing_fetches:
+        assert ops.listings.pending == {f"tree/d{d:02d}" for d in range(6)}
+        while ops.listings.pending:
             await trio.sleep(0.001)
         assert ops.stats.counters["listing_prefetches"] == 6
         lists = ops.stats.counters["backend.list"]
@@ -555,7 +556,7 @@ def test_a_completed_listing_lists_its_subdirectories_in_the_background(tmp_path
             assert sizes[b"f2"] == 2
             f2 = await ops.lookup(attr.st_ino, b"f2")
             assert (await ops.getattr(f2.st_ino)).st_size == 2
-        while ops._listing_fetches:
+        while ops.listings.pending:
             await trio.sleep(0.001)
         assert ops.stats.counters["backend.list"] == lists + 6  # inner/: one level ahead again
         assert ops.stats.counters.get("backend.stat", 0) == stats
@@ -618,7 +619,7 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
         tree = await lookup(ops, "tree")
         fh = await ops.opendir(tree.st_ino)
         await kernel.readdir(ops, fh)
-        while ops._listing_fetches:
+        while ops.listings.pending:
             await trio.sleep(0.001)
         d1 = await ops.lookup(tree.st_ino, b"d01")
         fh = await ops.opendir(d1.st_ino)
@@ -627,3 +628,49 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
         assert ops.stats.counters.get("listing_prefetches", 0) == 0
 
     run(tmp_path, t, backend=backend, listing_prefetch=4)
+
+
+def test_listing_prefetcher_bounds_its_queue_and_concurrency():
+    table = InodeTable(ObjectInfo(path="", is_dir=True), Timeouts(attr=30, listing=30))
+    listed: list[str] = []
+    running = peak = 0
+
+    async def list_page(path: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(0.01)
+        running -= 1
+        listed.append(path)
+        if token is None:  # two pages, and a subdirectory that must not be listed ahead
+            return [ObjectInfo(path=f"{path}/f", is_dir=False)], "next"
+        return [ObjectInfo(path=f"{path}/sub", is_dir=True)], None
+
+    stats = Stats()
+    prefetcher = ListingPrefetcher(table, list_page, stats, concurrency=2, queue=3, wait_timeout=5)
+    dirs = [ObjectInfo(path=f"d{i}", is_dir=True) for i in range(6)]
+
+    async def main() -> None:
+        assert not prefetcher.prefetch(dirs)  # not running: nothing considered
+        assert await prefetcher.wait_for("d0") is None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(prefetcher.run)
+            files = [ObjectInfo(path="plain", is_dir=False)]
+            assert prefetcher.prefetch(files + dirs)
+            assert prefetcher.pending == {"d0", "d1", "d2"}  # the queue's bound
+            listing = await prefetcher.wait_for("d2")
+            assert listing is not None
+            assert [e.path for e in listing.entries] == ["d2/f", "d2/sub"]
+            while prefetcher.pending:
+                await trio.sleep(0.001)
+            # Listed already: queued again only once its listing expires.
+            assert prefetcher.prefetch(dirs[:3]) and not prefetcher.pending
+            nursery.cancel_scope.cancel()
+        assert not prefetcher.prefetch(dirs)  # cancelled: off again
+
+    trio.run(main)
+    assert peak == 2
+    assert sorted(listed) == sorted(f"d{i}" for i in range(3) for _ in range(2))
+    assert table.listing("d0/sub") is None  # one level only
+    assert stats.counters["listing_prefetches"] == 3
+    assert stats.counters["listing_prefetch_waits"] == 1

@@ -329,7 +329,9 @@ def test_guide_training_examples_as_written(workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.makedirs("your code directory")
     with open("your code directory/train.py", "w") as f:
-        f.write(TRAIN.replace('p.add_argument("--out")', 'p.add_argument("--out", default="out.json")'))
+        f.write(
+            TRAIN.replace('p.add_argument("--out")', 'p.add_argument("--out", default="out.json")')
+        )
     ds1, ds2 = ds, ws.get_default_datastore()
     b = ds2.backend()
     b.write_bytes("foo/x.txt", b"default datastore data")
@@ -338,28 +340,33 @@ def test_guide_training_examples_as_written(workspace, tmp_path, monkeypatch):
 
     from amlfs.train.estimator import Estimator
 
-    script_params = {
-        '--data_dir': ds.as_mount()
-    }
+    script_params = {"--data_dir": ds.as_mount()}
 
-    est = Estimator(source_directory='your code directory',
-                    script_params=script_params,
-                    compute_target=compute_target,
-                    entry_script='train.py')
+    est = Estimator(
+        source_directory="your code directory",
+        script_params=script_params,
+        compute_target=compute_target,
+        entry_script="train.py",
+    )
     assert est.run().returncode == 0
     result = json.loads((tmp_path / "your code directory" / "out.json").read_text())
     mounted = [k for k in result if k != "env"]
     assert len(mounted) == 1 and result[mounted[0]] == digest(FILES, "")
 
-    est = Estimator(source_directory='your code directory',
-                    compute_target=compute_target,
-                    entry_script='train.py',
-                    inputs=[ds1.as_mount(), ds2.path(path='./foo').as_download()])
+    est = Estimator(
+        source_directory="your code directory",
+        compute_target=compute_target,
+        entry_script="train.py",
+        inputs=[ds1.as_mount(), ds2.path(path="./foo").as_download()],
+    )
     assert est.run().returncode == 0
     result = json.loads((tmp_path / "your code directory" / "out.json").read_text())
     env = result["env"]
-    assert set(env) == {f"{p}{n}" for p in ("AZUREML_DATAREFERENCE_", "AMLFS_DATAREFERENCE_")
-                        for n in ("data", "workspaceblobstore_foo")}
+    assert set(env) == {
+        f"{p}{n}"
+        for p in ("AZUREML_DATAREFERENCE_", "AMLFS_DATAREFERENCE_")
+        for n in ("data", "workspaceblobstore_foo")
+    }
     downloaded = env["AZUREML_DATAREFERENCE_workspaceblobstore_foo"]
     assert result[downloaded]["files"] == 1
     assert result[env["AZUREML_DATAREFERENCE_data"]]["files"] == len(FILES)

@@ -108,7 +108,10 @@ class BlobBackend(AzureBackend):
         connection_timeout: float = 30.0,
         read_timeout: float = 30.0,
         max_connections: int = 64,
+        lean: bool = True,
     ):
+        """`lean=False` keeps every request on the SDK (the lean client of blobget.py serves
+        ranged reads and listings otherwise, unless an HTTP proxy applies)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -132,7 +135,7 @@ class BlobBackend(AzureBackend):
                 block_size, BoundedRetry(retry_backoff, retry_total), transport=transport
             ),
         )
-        # Ranged reads and flat listings, the hot paths, bypass the SDK (see blobget.py).
+        # Ranged reads and listings, the hot paths, bypass the SDK (see blobget.py).
         self._fast = (
             BlobFastPath(
                 self.account_url,
@@ -142,7 +145,7 @@ class BlobBackend(AzureBackend):
                 retry_total=retry_total,
                 retry_backoff=retry_backoff,
             )
-            if blobget_usable(self.account_url)
+            if lean and blobget_usable(self.account_url)
             else None
         )
 

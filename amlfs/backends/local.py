@@ -90,9 +90,7 @@ class LocalBackend(Backend):
         except OSError as e:
             raise _map_oserror(e, rel) from None
 
-    def list_page(
-        self, path: str, token: str | None = None
-    ) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
         full = self._abs(rel)
         try:
