@@ -7,6 +7,7 @@ import click
 from ..stage import stage
 from .common import AppContext, main, pass_app
 from .transfer import (
+    block_size_option,
     fsync_option,
     parse_size,
     progress_option,
@@ -24,11 +25,7 @@ from .transfer import (
     "--dry-run", is_flag=True, help="Print what would be copied and deleted; change nothing."
 )
 @click.option("--verify", is_flag=True, help="Check Content-MD5 where the service has one.")
-@click.option(
-    "--block-size",
-    metavar="SIZE",
-    help="Ranged-read size for large files (default 8M, up to 64M for big files).",
-)
+@block_size_option
 @fsync_option
 @progress_option
 @workers_option

@@ -51,6 +51,14 @@ def fsync_option(f):
     )(f)
 
 
+def block_size_option(f):
+    return click.option(
+        "--block-size",
+        metavar="SIZE",
+        help="Ranged-read size for large files (default 8M, up to 64M for big files).",
+    )(f)
+
+
 def workers_option(f):
     return click.option(
         "--workers",
@@ -125,11 +133,7 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
 @click.argument("src")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace local files that exist.")
-@click.option(
-    "--block-size",
-    metavar="SIZE",
-    help="Ranged-read size for large files (default 8M, up to 64M for big files).",
-)
+@block_size_option
 @fsync_option
 @progress_option
 @workers_option
