@@ -37,8 +37,10 @@ from .azure import (
     quoted_etag,
     removed_on_failure,
     resolve,
+    retry_policy,
     temp_name,
     timestamp,
+    transport_timeouts,
 )
 from .base import (
     AlreadyExists,
@@ -72,7 +74,18 @@ class AdlsBackend(AzureBackend):
         self.block_size = block_size
 
     @classmethod
-    def from_config(cls, ds: DatastoreConfig, block_size: int = 8 * 1024 * 1024) -> AdlsBackend:
+    def from_config(
+        cls,
+        ds: DatastoreConfig,
+        block_size: int = 8 * 1024 * 1024,
+        *,
+        retry_total: int | None = None,
+        retry_backoff: float = 1.0,
+        connection_timeout: float = 10.0,
+        read_timeout: float | None = None,
+    ) -> AdlsBackend:
+        """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
+        SDK's default schedule, see client_options)."""
         if not ds.filesystem:
             raise RegistryError(
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
@@ -82,7 +95,11 @@ class AdlsBackend(AzureBackend):
             url,
             ds.filesystem,
             credential=sdk_credential(rc, ds.account_name),
-            **client_options(block_size, connection_timeout=10),
+            **client_options(
+                block_size,
+                retry_policy(retry_total, retry_backoff),
+                **transport_timeouts(connection_timeout, read_timeout),
+            ),
         )
         return cls(fs, url=url, credential=rc, block_size=block_size)
 

@@ -199,6 +199,19 @@ class BoundedRetry(AzureRetry):
         return self.backoff * 2**count * random.uniform(0.5, 1.0)
 
 
+def retry_policy(retry_total: int | None, backoff: float = 1.0) -> AzureRetry | None:
+    """A BoundedRetry of `retry_total` retries (0: none), or None for the default schedule."""
+    return None if retry_total is None else BoundedRetry(backoff, retry_total)
+
+
+def transport_timeouts(connection_timeout: float, read_timeout: float | None) -> dict[str, float]:
+    """The SDK transport's timeout keywords (a read timeout only when given)."""
+    out = {"connection_timeout": connection_timeout}
+    if read_timeout is not None:
+        out["read_timeout"] = read_timeout
+    return out
+
+
 def client_options(block_size: int, retry_policy: Any = None, **transport: Any) -> dict[str, Any]:
     """Keyword arguments for an azure.storage client: one block is one GET; `retry_policy`, by
     default the SDK's exponential schedule (waits of about 3, 5, 9, 17 s) with a refused token

@@ -41,6 +41,7 @@ from .azure import (
     timestamp,
 )
 from .base import (
+    Abort,
     AlreadyExists,
     BackendError,
     Forbidden,
@@ -388,12 +389,25 @@ class BlobBackend(AzureBackend):
             raise self._map_error(e, rel) from None
 
     def read_range_into(
-        self, path: str, offset: int, buf: memoryview, etag: str | None = None
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
     ) -> int:
+        """Streams into `buf` on the lean path: `progress` as the body arrives, and `abort`
+        shuts the connection down (see Backend.read_range_into)."""
         if self._fast is None:
-            return super().read_range_into(path, offset, buf, etag)
+            return super().read_range_into(path, offset, buf, etag, progress=progress, abort=abort)
         fast = self._fast
-        return self._fast_read(path, len(buf), lambda rel: fast.read_into(rel, offset, buf, etag))
+        return self._fast_read(
+            path,
+            len(buf),
+            lambda rel: fast.read_into(rel, offset, buf, etag, progress=progress, abort=abort),
+        )
 
     def read_range_to_fd(
         self,

@@ -16,6 +16,7 @@ SDK's exceptions so that the backend maps both in one place.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -32,6 +33,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
+from .base import Abort, Aborted
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ class _Conn:
 class _Stale(Exception):
     """The server closed an idle keep-alive connection before answering."""
 
+    reused = False
+
 
 @dataclass
 class _Response:
@@ -151,14 +155,26 @@ class BlobFastPath:
 
     # --- the public requests -------------------------------------------------------------
 
-    def read_into(self, name: str, offset: int, buf: memoryview, etag: str | None = None) -> int:
+    def read_into(
+        self,
+        name: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+    ) -> int:
         """Fill `buf` from blob `name` at `offset` (If-Match `etag`); the byte count, fewer
-        only at the end of the blob."""
+        only at the end of the blob. `progress(n)`: bytes in `buf` so far, as they arrive;
+        `abort`: shuts the connection down from another thread (Aborted, never retried)."""
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(buf) - 1}"}
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
-        return self._call(path, {}, headers, lambda r: self._body_into(r, buf))
+        return self._call(
+            path, {}, headers, lambda r: self._body_into(r, buf, progress), abort=abort
+        )
 
     def read_to_fd(
         self,
@@ -241,53 +257,69 @@ class BlobFastPath:
         query: dict[str, str],
         headers: dict[str, str],
         consume: Callable[[_Response], T],
+        abort: Abort | None = None,
     ) -> T:
         """Send GET `path`; `consume` reads a 2xx body. Retries throttling, 5xx and broken
         connections (jittered exponential backoff); a keep-alive connection that the server
-        closed while idle is replaced at once, uncounted."""
+        closed while idle is replaced at once, uncounted. A cancelled `abort` ends it with
+        Aborted, never a retry."""
         attempt = 0
         request = self._request(path, query, headers)
         while True:
-            conn: _Conn | None = None
+            if abort is not None:
+                abort.check()
             try:
-                conn, reused = self._acquire()
-                r = self._head(conn, request)
-                if r.status >= 300:
-                    keep = self._drain_error(r)
-                    err = HttpStatusError(r.status, r.fields.get("x-ms-error-code"))
-                    if keep:
-                        self._release(conn)
-                    else:
-                        _close_quiet(conn)
-                    conn = None
-                    raise err
-                result = consume(r)
-                if r.fields.get("connection", "").lower() == "close":
-                    _close_quiet(conn)
-                else:
-                    self._release(conn)
-                return result
+                return self._attempt(request, consume, abort)
             except HttpStatusError as e:
                 if e.status_code not in _RETRY_STATUS or attempt >= self.retry_total:
                     raise
-            except _Stale:
-                _close_quiet(conn)
-                if reused:
+            except _Stale as e:
+                if e.reused:
                     continue
                 if attempt >= self.retry_total:
                     raise ConnectionResetError("the connection closed before a response") from None
             except OSError:
-                _close_quiet(conn)
                 if attempt >= self.retry_total:
                     raise
-            except BaseException:
-                _close_quiet(conn)  # mid-response: the connection is unusable
-                raise
             delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
             attempt += 1
             log.debug("retrying GET %s in %.2f s", path, delay)
             time.sleep(delay)
             request = self._request(path, query, headers)  # a fresh x-ms-date
+
+    def _attempt(self, request: bytes, consume: Callable[[_Response], T], abort: Abort | None) -> T:
+        """One request on one connection, which goes back to the pool only when the response
+        was read whole, allows it, and no abort touched the socket."""
+        conn, reused = self._acquire()
+        closer = functools.partial(_shutdown, conn.sock)
+        if abort is not None:
+            abort.attach(closer)
+        keep = False
+        try:
+            try:
+                r = self._head(conn, request)
+            except _Stale as e:
+                e.reused = reused
+                raise
+            if r.status >= 300:
+                keep = self._drain_error(r) and _keep_alive(r)
+                raise HttpStatusError(r.status, r.fields.get("x-ms-error-code"))
+            result = consume(r)
+            keep = _keep_alive(r)
+            return result
+        except BaseException:
+            if abort is not None and abort.cancelled:
+                keep = False
+                raise Aborted("the call was cancelled") from None
+            raise
+        finally:
+            if abort is not None:
+                abort.detach(closer)
+                keep = keep and not abort.cancelled  # a shut down socket is never pooled
+            if keep:
+                self._release(conn)
+            else:
+                _close_quiet(conn)
 
     def _request(self, path: str, query: dict[str, str], extra: dict[str, str]) -> bytes:
         sec = int(time.time())
@@ -345,7 +377,9 @@ class BlobFastPath:
             got += n
         return True
 
-    def _body_into(self, r: _Response, buf: memoryview) -> int:
+    def _body_into(
+        self, r: _Response, buf: memoryview, progress: Callable[[int], None] | None = None
+    ) -> int:
         clen = r.fields.get("content-length")
         if clen is None:
             raise ConnectionError("a ranged read without Content-Length")
@@ -355,11 +389,17 @@ class BlobFastPath:
         have = min(r.got - r.start, size)
         buf[:have] = r.conn.head[r.start : r.start + have]
         sock = r.conn.sock
+        reported = 0
         while have < size:
             n = sock.recv_into(buf[have:size])
             if n == 0:
                 raise ConnectionError("the response broke off")
             have += n
+            if progress is not None and have - reported >= _PIECE:
+                progress(have)
+                reported = have
+        if progress is not None:
+            progress(size)
         return size
 
     def _body_to_fd(self, r: _Response, length: int, fd: int, fd_offset: int) -> int:
@@ -440,6 +480,19 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     if fields.get("transfer-encoding", "").lower() == "chunked":
         fields.pop("content-length", None)
     return int(parts[1]), fields
+
+
+def _keep_alive(r: _Response) -> bool:
+    return r.fields.get("connection", "").lower() != "close"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake a thread blocked on `sock` (from another thread; the fd stays open until its owner
+    closes it). The base-class call leaves an SSL socket's state to its owning thread."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _close_quiet(conn: _Conn | None) -> None:

@@ -33,8 +33,10 @@ from .azure import (
     quoted_etag,
     removed_on_failure,
     resolve,
+    retry_policy,
     temp_name,
     timestamp,
+    transport_timeouts,
 )
 from .base import BackendError, Changed, IsADirectory, NotFound, ObjectInfo, is_safe_name, normpath
 
@@ -66,14 +68,27 @@ class FileShareBackend(AzureBackend):
 
     @classmethod
     def from_config(
-        cls, ds: DatastoreConfig, block_size: int = 8 * 1024 * 1024
+        cls,
+        ds: DatastoreConfig,
+        block_size: int = 8 * 1024 * 1024,
+        *,
+        retry_total: int | None = None,
+        retry_backoff: float = 1.0,
+        connection_timeout: float = 10.0,
+        read_timeout: float | None = None,
     ) -> FileShareBackend:
+        """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
+        SDK's default schedule, see client_options)."""
         if not ds.file_share_name:
             raise RegistryError(
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
             )
         rc, url = resolve(ds, "file")
-        kwargs = client_options(block_size, connection_timeout=10)
+        kwargs = client_options(
+            block_size,
+            retry_policy(retry_total, retry_backoff),
+            **transport_timeouts(connection_timeout, read_timeout),
+        )
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
             kwargs["token_intent"] = "backup"
