@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyfuse3
 
 from amlfs.backends.base import ObjectInfo
-from amlfs.fs.inodes import FOREVER, InodeTable, Listing, Timeouts, WalkDetector
+from amlfs.fs.inodes import FOREVER, InodeTable, Listing, Timeouts
+from amlfs.fs.readahead import WalkDetector
 
 
 class Clock:

@@ -1,5 +1,5 @@
 """The mount's metadata state: inode numbers <-> datastore paths with kernel lookup counts,
-attribute freshness, cached directory listings, and detection of in-order directory walks.
+attribute freshness and cached directory listings.
 
 Plain data structures, no I/O and no awaits: every method runs to completion on the trio thread,
 so a caller that does not await between two calls sees them as one atomic step.
@@ -204,55 +204,3 @@ class InodeTable:
         lst = self._listings.pop(path, None)
         if lst is not None:
             self._listing_entries -= len(lst.entries)
-
-
-@dataclass
-class _Walk:
-    last: int
-    streak: int
-    prefetched_upto: int
-
-
-class WalkDetector:
-    """Spots a reader opening a directory's files in listing order (an image dataset read by a
-    data loader) and names the next small files worth fetching before they are opened.
-
-    Parallel readers open neighbouring files slightly out of order, so any open within `slack`
-    positions of the furthest one seen counts as part of the walk.
-    """
-
-    def __init__(
-        self, ahead: int, max_size: int, *, slack: int = 16, streak: int = 2, max_dirs: int = 256
-    ):
-        self.ahead = ahead
-        self.max_size = max_size
-        self.slack = slack
-        self.streak = streak
-        self.max_dirs = max_dirs
-        self._walks: OrderedDict[str, _Walk] = OrderedDict()
-
-    def on_open(self, directory: str, listing: Listing, name: str) -> list[ObjectInfo]:
-        """Note that `name` in `directory` was opened; return the files to prefetch now."""
-        pos = listing.position(name)
-        if pos is None or self.ahead <= 0:
-            return []
-        walk = self._walks.get(directory)
-        if walk is not None and walk.last - self.slack < pos <= walk.last + self.slack:
-            if pos != walk.last:
-                walk.streak += 1
-            walk.last = max(walk.last, pos)
-            self._walks.move_to_end(directory)
-        else:
-            walk = self._walks[directory] = _Walk(last=pos, streak=1, prefetched_upto=pos)
-            while len(self._walks) > self.max_dirs:
-                self._walks.popitem(last=False)
-        if walk.streak < self.streak:
-            return []
-        start = max(walk.prefetched_upto, walk.last) + 1
-        stop = min(len(listing.entries), walk.last + 1 + self.ahead)
-        if start >= stop:
-            return []
-        walk.prefetched_upto = stop - 1
-        return [
-            e for e in listing.entries[start:stop] if not e.is_dir and 0 < e.size <= self.max_size
-        ]

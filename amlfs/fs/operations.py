@@ -27,7 +27,8 @@ import trio
 from pyfuse3 import FUSEError
 
 from ..backends.base import BackendError, NotFound, ObjectInfo, TrioBackend, is_safe_name, join
-from .inodes import InodeTable, Node, Timeouts, WalkDetector
+from .inodes import InodeTable, Node, Timeouts
+from .readahead import WalkDetector
 from .listings import ListingPrefetcher
 from .stats import Stats
 
