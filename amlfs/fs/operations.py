@@ -28,8 +28,8 @@ from pyfuse3 import FUSEError
 
 from ..backends.base import BackendError, NotFound, ObjectInfo, TrioBackend, is_safe_name, join
 from .inodes import InodeTable, Node, Timeouts
-from .readahead import WalkDetector
 from .listings import ListingPrefetcher
+from .readahead import WalkDetector
 from .stats import Stats
 
 if TYPE_CHECKING:
