@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import RegistryError
 from ..registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
 from .base import (
     AlreadyExists,
@@ -35,20 +36,32 @@ def open_backend(ds: DatastoreConfig, create_if_not_exists: bool = False) -> Bac
         from .local import LocalBackend
 
         backend: Backend = LocalBackend(ds.path or "")
-    elif ds.type == BLOB:
-        from .blob import BlobBackend
-
-        backend = BlobBackend.from_config(ds)
-    elif ds.type == FILE:
-        from .fileshare import FileShareBackend
-
-        backend = FileShareBackend.from_config(ds)
-    elif ds.type == ADLS:
-        from .adls import AdlsBackend
-
-        backend = AdlsBackend.from_config(ds)
-    else:
+    elif ds.type not in (BLOB, FILE, ADLS):
         raise ValueError(f"unknown datastore type {ds.type!r}")
+    else:
+        try:
+            backend = _open_azure(ds)
+        except ValueError as e:
+            if ds.api_version and "api version" in str(e).lower():
+                raise RegistryError(
+                    f"datastore {ds.name!r}: api_version {ds.api_version} is not one the Azure"
+                    " storage SDK knows; use a published version such as 2025-01-05"
+                ) from None
+            raise
     if create_if_not_exists:
         backend.ensure_exists()
     return backend
+
+
+def _open_azure(ds: DatastoreConfig) -> Backend:
+    if ds.type == BLOB:
+        from .blob import BlobBackend
+
+        return BlobBackend.from_config(ds)
+    if ds.type == FILE:
+        from .fileshare import FileShareBackend
+
+        return FileShareBackend.from_config(ds)
+    from .adls import AdlsBackend
+
+    return AdlsBackend.from_config(ds)

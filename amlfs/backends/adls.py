@@ -82,7 +82,7 @@ class AdlsBackend(AzureBackend):
             url,
             ds.filesystem,
             credential=sdk_credential(rc, ds.account_name),
-            **client_options(block_size, connection_timeout=10),
+            **client_options(block_size, api_version=ds.api_version, connection_timeout=10),
         )
         return cls(fs, url=url, credential=rc, block_size=block_size)
 

@@ -73,7 +73,7 @@ class FileShareBackend(AzureBackend):
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
             )
         rc, url = resolve(ds, "file")
-        kwargs = client_options(block_size, connection_timeout=10)
+        kwargs = client_options(block_size, api_version=ds.api_version, connection_timeout=10)
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
             kwargs["token_intent"] = "backup"

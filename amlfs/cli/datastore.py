@@ -52,9 +52,26 @@ def _common_options(f):
                 help="Explicit endpoint URL (emulators, private endpoints), e.g. "
                 "http://127.0.0.1:10000/devstoreaccount1.",
             ),
-            click.option("--endpoint", default="core.windows.net", show_default=True),
-            click.option("--protocol", type=click.Choice(["https", "http"]), default="https"),
-            click.option("--description", default=None),
+            click.option(
+                "--endpoint",
+                default="core.windows.net",
+                show_default=True,
+                help="DNS suffix of the storage endpoints (sovereign clouds differ).",
+            ),
+            click.option(
+                "--protocol",
+                type=click.Choice(["https", "http"]),
+                default="https",
+                show_default=True,
+                help="Scheme of the endpoint built from --account-name and --endpoint.",
+            ),
+            click.option(
+                "--api-version",
+                metavar="YYYY-MM-DD",
+                help="Storage REST API version to send (default: the SDK's newest), e.g. "
+                "2025-01-05 for an Azurite that lacks --skipApiVersionCheck.",
+            ),
+            click.option("--description", default=None, help="Free text shown by `show`."),
             click.option(
                 "--create-if-not-exists", is_flag=True, help="Create the storage if missing."
             ),
