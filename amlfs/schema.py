@@ -184,9 +184,8 @@ class _Fail:
         self.label = label
 
     def __call__(self, fieldname: str, problem: str) -> RegistryError:
-        return RegistryError(
-            f"{self.source}: datastore {self.label}: field {fieldname!r} {problem}"
-        )
+        where = f"{self.source}: " if self.source else ""
+        return RegistryError(f"{where}datastore {self.label}: field {fieldname!r} {problem}")
 
 
 def _suggest(key: str, known: tuple[str, ...] | list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 import subprocess
@@ -90,9 +91,9 @@ def test_create_from_v2_yaml_and_set_default_remove(reg, tmp_path):
           account_key: XXXxxxXXXxXXXXxxXXXXXxXXXXXxXxxXxXXXxXXXxXXxxxXXxxXXXxXxXXXxxXxxXXXXxxxxxXXxxxxxxXXxxXXX
         """)
     )
-    r = run(reg, "datastore", "create", "-f", str(f))
+    r = run(reg, "datastore", "create", "-f", str(f), "--no-verify")
     assert r.exit_code == 0, r.output
-    r = run(reg, "datastore", "create", "-f", str(f), "--name", "second")
+    r = run(reg, "datastore", "create", "-f", str(f), "--name", "second", "--no-verify")
     assert r.exit_code == 0, r.output
     assert run(reg, "datastore", "set-default", "second").exit_code == 0
     listing = run(reg, "datastore", "list").output
@@ -148,3 +149,67 @@ def test_console_script_runs_without_traceback(reg):
     )
     assert p.returncode == 2
     assert p.stderr.startswith("amlfs: error:") and "Traceback" not in p.stderr
+
+
+def _register_blob(reg, azurite, container, *extra, key=KEY, url=None):
+    return run(
+        reg,
+        "datastore", "register", "blob", "chk", "--account-name", ACCOUNT,
+        "--container-name", container, "--account-key", key,
+        "--account-url", url or azurite.account_url, *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("wrong key", "authentication failed"),
+        ("missing container", "not found"),
+        ("unreachable", "unreachable"),
+        ("file share on a blob-only host", "datastore 'chk' not registered"),
+    ],
+)
+def test_register_verifies_and_says_what_failed(reg, azurite, container, case, expected):
+    from .azurite import free_port
+
+    if case == "wrong key":
+        r = _register_blob(reg, azurite, container, key=base64.b64encode(b"k" * 64).decode())
+    elif case == "missing container":
+        r = _register_blob(reg, azurite, "nosuchcontainer")
+    elif case == "unreachable":
+        r = _register_blob(reg, azurite, container, url=f"http://127.0.0.1:{free_port()}/x")
+    else:
+        r = run(
+            reg,
+            "datastore", "register", "file", "chk", "--account-name", ACCOUNT,
+            "--share-name", "share", "--account-key", KEY, "--account-url", azurite.account_url,
+        )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "--no-verify" in lines[0], r.output
+    assert "chk" not in run(reg, "datastore", "list").output
+
+
+def test_register_verified_and_offline(reg, azurite, container):
+    assert _register_blob(reg, azurite, container).exit_code == 0
+    r = _register_blob(reg, azurite, "nosuchcontainer", "--overwrite", "--no-verify")
+    assert r.exit_code == 0, r.output
+    assert "nosuchcontainer" in run(reg, "datastore", "show", "chk").output
+
+
+def test_bad_field_names_the_datastore_once(reg):
+    r = run(
+        reg,
+        "datastore", "register", "blob", "zz", "--account-name", ACCOUNT,
+        "--container-name", "c", "--account-key", "k", "--description", "7", "--no-verify",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run(reg, "upload", __file__, "zz:")
+    assert r.exit_code == 2 and "account_key is not base64" in r.output, r.output
+    r = run(
+        reg,
+        "datastore", "register", "blob", "zz", "--account-name", "BAD", "--container-name", "c",
+        "--overwrite", "--no-verify",
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert r.output.count("datastore 'zz'") == 1 and "account_name" in r.output, r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+
 from ..errors import RegistryError
 from ..registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
 from .base import (
@@ -41,6 +43,11 @@ def open_backend(ds: DatastoreConfig, create_if_not_exists: bool = False) -> Bac
     else:
         try:
             backend = _open_azure(ds)
+        except binascii.Error:
+            raise RegistryError(
+                f"datastore {ds.name!r}: credentials.account_key is not base64: copy the storage"
+                " account key again (Access keys in the portal)"
+            ) from None
         except ValueError as e:
             if ds.api_version and "api version" in str(e).lower():
                 raise RegistryError(

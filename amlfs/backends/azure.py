@@ -52,6 +52,11 @@ from .base import (
 
 T = TypeVar("T")
 
+
+class UnsupportedVersion(BackendError):
+    """The service refuses the storage API version (x-ms-version) sent."""
+
+
 MiB = 1024 * 1024
 PAGE_SIZE = 5000  # the services' maximum per listing call
 TMP_PREFIX = ".amlfs-tmp-"
@@ -279,7 +284,7 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.GARBLED: Transient,
     Kind.BROKE_OFF: Transient,
     Kind.HTTP: BackendError,
-    Kind.API_VERSION: BackendError,
+    Kind.API_VERSION: UnsupportedVersion,
     Kind.OTHER: BackendError,
 }
 TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)

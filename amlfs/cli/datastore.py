@@ -77,10 +77,18 @@ def _common_options(f):
             ),
             click.option("--default", "make_default", is_flag=True, help="Make it the default."),
             click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name."),
+            _verify_option,
         ]
     ):
         f = opt(f)
     return f
+
+
+_verify_option = click.option(
+    "--verify/--no-verify",
+    default=True,
+    help="List one entry with the credentials before saving (default), or register offline.",
+)
 
 
 def _credentials(opts: dict) -> Credentials:
@@ -104,10 +112,17 @@ def _credentials(opts: dict) -> Credentials:
     return Credentials(**simple)
 
 
-def _save(app: AppContext, ds: DatastoreConfig, overwrite: bool, make_default: bool, create: bool):
+def _save(
+    app: AppContext,
+    ds: DatastoreConfig,
+    overwrite: bool,
+    make_default: bool,
+    create: bool,
+    verify: bool = True,
+):
     from ..workspace import Workspace, register_datastore
 
-    register_datastore(Workspace(app.registry), ds, overwrite, create, make_default)
+    register_datastore(Workspace(app.registry), ds, overwrite, create, make_default, verify)
     reg = app.registry
     suffix = " (default)" if reg.default == ds.name else ""
     click.echo(f"registered {TYPE_LABELS[ds.type]} datastore '{ds.name}'{suffix} in {reg.path}")
@@ -118,13 +133,20 @@ def _azure_command(kind: str, ds_type: str, field: str, option: str, doc: str, e
 
     @pass_app
     def command(
-        app: AppContext, name, container, create_if_not_exists, make_default, overwrite, **opts
+        app: AppContext,
+        name,
+        container,
+        create_if_not_exists,
+        make_default,
+        overwrite,
+        verify,
+        **opts,
     ):
         creds = _credentials(opts)
         ds = DatastoreConfig(
             name=name, type=ds_type, credentials=creds, **{field: container}, **opts
         )
-        _save(app, ds, overwrite, make_default, create_if_not_exists)
+        _save(app, ds, overwrite, make_default, create_if_not_exists, verify)
 
     command.__doc__ = doc
     for decorate in reversed(
@@ -195,13 +217,14 @@ def register_local(
 @click.option("--name", default=None, help="Override the name in the file.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default.")
 @click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name.")
+@_verify_option
 @pass_app
-def create(app: AppContext, file_, name, make_default, overwrite):
+def create(app: AppContext, file_, name, make_default, overwrite, verify):
     """Register a datastore from an Azure ML v2 datastore YAML file."""
     ds = load_datastore_yaml(file_)
     if name:
         ds.name = name
-    _save(app, ds, overwrite, make_default, create=False)
+    _save(app, ds, overwrite, make_default, create=False, verify=verify)
 
 
 @datastore.command("list")
