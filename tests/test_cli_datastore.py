@@ -14,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from amlfs.cli import main
+from amlfs.registry import Registry
 
 from .azurite import ACCOUNT, KEY
 
@@ -29,9 +30,44 @@ def run(reg, *args, input=None):
 
 
 def test_new_registry_has_local_default(reg):
-    r = run(reg, "datastore", "list")
+    r = CliRunner().invoke(main, ["datastore", "list"])  # the default path: need not exist
     assert r.exit_code == 0, r.output
     assert r.output.split() == ["*", "workspaceblobstore", "Local"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("datastore", "list"),
+        ("datastore", "show", "workspaceblobstore"),
+        ("datastore", "set-default", "workspaceblobstore"),
+        ("datastore", "remove", "x"),
+        ("upload", __file__, ":x"),
+        ("download", ":x", "out"),
+        ("stage", ":x", "out"),
+        ("run", "-i", "a=:x@download", "--", "true"),
+    ],
+)
+def test_missing_registry_is_an_error_naming_it(reg, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run(reg, *args)
+    assert r.exit_code == 2, r.output
+    assert f"registry {reg} does not exist" in r.output and len(r.output.splitlines()) == 1
+    r = CliRunner().invoke(main, args, env={"AMLFS_REGISTRY": reg})
+    assert r.exit_code == 2 and reg in r.output, r.output
+    assert not os.path.exists(reg)
+
+
+def test_register_and_create_say_they_created_the_registry(reg, tmp_path):
+    r = run(reg, "datastore", "register", "local", "l1", "--path", str(tmp_path))
+    assert r.exit_code == 0 and f"created the registry {reg}" in r.output, r.output
+    r = run(reg, "datastore", "register", "local", "l2", "--path", str(tmp_path))
+    assert r.exit_code == 0 and "created" not in r.output, r.output
+    f = tmp_path / "l3.yml"
+    f.write_text(f"name: l3\ntype: local\npath: {tmp_path}\n")
+    other = str(tmp_path / "other.yaml")
+    r = run(other, "datastore", "create", "-f", str(f))
+    assert r.exit_code == 0 and f"created the registry {other}" in r.output, r.output
 
 
 def test_register_blob_show_redacts_and_file_is_0600(reg, azurite, container):
@@ -104,6 +140,7 @@ def test_create_from_v2_yaml_and_set_default_remove(reg, tmp_path):
 
 
 def test_unknown_datastore_exit_2_one_line(reg):
+    Registry.load(reg).save()
     r = run(reg, "datastore", "show", "nope")
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -140,6 +177,7 @@ def test_bad_registry_file_exit_2_names_file(tmp_path):
 
 def test_console_script_runs_without_traceback(reg):
     """The installed entry point, as a user runs it."""
+    Registry.load(reg).save()
     exe = os.path.join(os.path.dirname(sys.executable), "amlfs")
     p = subprocess.run(
         [exe, "--registry", reg, "datastore", "show", "missing"],

@@ -122,10 +122,14 @@ def _save(
 ):
     from ..workspace import Workspace, register_datastore
 
-    register_datastore(Workspace(app.registry), ds, overwrite, create, make_default, verify)
+    app.may_create_registry = True
     reg = app.registry
+    existed = reg.path.exists()
+    register_datastore(Workspace(reg), ds, overwrite, create, make_default, verify)
     suffix = " (default)" if reg.default == ds.name else ""
     click.echo(f"registered {TYPE_LABELS[ds.type]} datastore '{ds.name}'{suffix} in {reg.path}")
+    if not existed:
+        click.echo(f"created the registry {reg.path} (it also holds the local workspaceblobstore)")
 
 
 def _azure_command(kind: str, ds_type: str, field: str, option: str, doc: str, extra=()):
