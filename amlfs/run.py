@@ -48,7 +48,9 @@ class RunDir:
 
 
 def _amlfs_cli(registry_path: str) -> list[str]:
-    return [sys.executable, "-m", "amlfs", "--registry", registry_path]
+    # A registry never saved holds only the embedded default, which the child finds without one.
+    named = ["--registry", registry_path] if os.path.exists(registry_path) else []
+    return [sys.executable, "-m", "amlfs", *named]
 
 
 def _mount(ref: DataReference, where: str) -> None:

@@ -30,13 +30,16 @@ REDACTED = "***"
 
 DATASTORE_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,255}$")
 _ACCOUNT_NAME_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 # Field groups of the v2 schema. The container field is the only one that differs by type.
 _CONTAINER_FIELD = {BLOB: "container_name", FILE: "file_share_name", ADLS: "filesystem"}
-_AZURE_FIELDS = ("account_name", "endpoint", "protocol", "account_url", "credentials")
+_AZURE_FIELDS = (
+    "account_name", "endpoint", "protocol", "account_url", "api_version", "credentials"
+)  # fmt: skip
 _KNOWN_FIELDS = tuple(
     "name type description account_name container_name file_share_name filesystem endpoint"
-    " protocol account_url path credentials".split()
+    " protocol account_url api_version path credentials".split()
 )
 # Fields Azure ML writes or accepts that mean nothing here (`az ml datastore show` output).
 _IGNORED_FIELDS = frozenset(
@@ -154,6 +157,7 @@ class DatastoreConfig:
     endpoint: str = DEFAULT_ENDPOINT
     protocol: str = DEFAULT_PROTOCOL
     account_url: str | None = None  # explicit endpoint URL (emulators, private endpoints)
+    api_version: str | None = None  # the storage REST version to send (default: the SDK's)
     path: str | None = None  # local
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -180,9 +184,8 @@ class _Fail:
         self.label = label
 
     def __call__(self, fieldname: str, problem: str) -> RegistryError:
-        return RegistryError(
-            f"{self.source}: datastore {self.label}: field {fieldname!r} {problem}"
-        )
+        where = f"{self.source}: " if self.source else ""
+        return RegistryError(f"{where}datastore {self.label}: field {fieldname!r} {problem}")
 
 
 def _suggest(key: str, known: tuple[str, ...] | list[str]) -> str:
@@ -379,6 +382,9 @@ def parse_datastore(data: dict, source: str, index: int | None = None) -> Datast
     if ds.account_url is not None:
         _check_account_url(ds.account_url, fail)
         ds.account_url = ds.account_url.rstrip("/")
+    ds.api_version = _string(data, "api_version", fail)
+    if ds.api_version is not None and not _API_VERSION_RE.match(ds.api_version):
+        raise fail("api_version", "must be a storage REST API version such as 2025-01-05")
     ds.account_name = _string(data, "account_name", fail)
     if ds.account_name is not None and not _ACCOUNT_NAME_RE.match(ds.account_name):
         raise fail(
@@ -422,6 +428,8 @@ def datastore_to_dict(ds: DatastoreConfig, redact: bool = False) -> dict:
         out["protocol"] = ds.protocol
     if ds.account_url is not None:
         out["account_url"] = _redact_url(ds.account_url) if redact else ds.account_url
+    if ds.api_version is not None:
+        out["api_version"] = ds.api_version
     if ds.path is not None:
         out["path"] = ds.path
     creds = ds.credentials.to_dict(redact=redact)

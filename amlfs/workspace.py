@@ -32,14 +32,20 @@ def register_datastore(
     overwrite: bool = False,
     create_if_not_exists: bool = False,
     make_default: bool = False,
+    verify: bool = False,
 ) -> Datastore:
-    """Validate `cfg`, create its storage on request, add it to the registry and save."""
-    cfg = parse_datastore(datastore_to_dict(cfg), source=f"datastore '{cfg.name}'")
+    """Validate `cfg`, create its storage on request, check that it answers (`verify`, see
+    verify.py), add it to the registry and save."""
+    cfg = parse_datastore(datastore_to_dict(cfg), source="")  # the message names the datastore
     reg = workspace.registry
     if cfg.name in reg.datastores and not overwrite:
         reg.add(cfg)  # refuses, naming the datastore
     if create_if_not_exists:
         open_backend(cfg, create_if_not_exists=True).close()
+    if verify:
+        from .verify import verify_datastore
+
+        verify_datastore(cfg)
     reg.add(cfg, overwrite=overwrite, make_default=make_default)
     reg.save()
     return Datastore(workspace, cfg.name)

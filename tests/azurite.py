@@ -71,7 +71,9 @@ class Azurite:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_azurite(in_memory: bool = True, port: int | None = None) -> Azurite:
+def start_azurite(
+    in_memory: bool = True, port: int | None = None, skip_api_version_check: bool = True
+) -> Azurite:
     binary = azurite_binary()
     if binary is None:
         raise RuntimeError("azurite is not installed: run `npm install` in the repository root")
@@ -83,7 +85,7 @@ def start_azurite(in_memory: bool = True, port: int | None = None) -> Azurite:
         "127.0.0.1",
         "--blobPort",
         str(port),
-        "--skipApiVersionCheck",
+        *(["--skipApiVersionCheck"] if skip_api_version_check else []),
         "--loose",
         "--silent",
         "--disableProductStyleUrl",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from amlfs.cli import main
+from amlfs.registry import Registry
 
 from .azurite import ACCOUNT, KEY
 
@@ -28,9 +30,44 @@ def run(reg, *args, input=None):
 
 
 def test_new_registry_has_local_default(reg):
-    r = run(reg, "datastore", "list")
+    r = CliRunner().invoke(main, ["datastore", "list"])  # the default path: need not exist
     assert r.exit_code == 0, r.output
     assert r.output.split() == ["*", "workspaceblobstore", "Local"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("datastore", "list"),
+        ("datastore", "show", "workspaceblobstore"),
+        ("datastore", "set-default", "workspaceblobstore"),
+        ("datastore", "remove", "x"),
+        ("upload", __file__, ":x"),
+        ("download", ":x", "out"),
+        ("stage", ":x", "out"),
+        ("run", "-i", "a=:x@download", "--", "true"),
+    ],
+)
+def test_missing_registry_is_an_error_naming_it(reg, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run(reg, *args)
+    assert r.exit_code == 2, r.output
+    assert f"registry {reg} does not exist" in r.output and len(r.output.splitlines()) == 1
+    r = CliRunner().invoke(main, args, env={"AMLFS_REGISTRY": reg})
+    assert r.exit_code == 2 and reg in r.output, r.output
+    assert not os.path.exists(reg)
+
+
+def test_register_and_create_say_they_created_the_registry(reg, tmp_path):
+    r = run(reg, "datastore", "register", "local", "l1", "--path", str(tmp_path))
+    assert r.exit_code == 0 and f"created the registry {reg}" in r.output, r.output
+    r = run(reg, "datastore", "register", "local", "l2", "--path", str(tmp_path))
+    assert r.exit_code == 0 and "created" not in r.output, r.output
+    f = tmp_path / "l3.yml"
+    f.write_text(f"name: l3\ntype: local\npath: {tmp_path}\n")
+    other = str(tmp_path / "other.yaml")
+    r = run(other, "datastore", "create", "-f", str(f))
+    assert r.exit_code == 0 and f"created the registry {other}" in r.output, r.output
 
 
 def test_register_blob_show_redacts_and_file_is_0600(reg, azurite, container):
@@ -90,9 +127,9 @@ def test_create_from_v2_yaml_and_set_default_remove(reg, tmp_path):
           account_key: XXXxxxXXXxXXXXxxXXXXXxXXXXXxXxxXxXXXxXXXxXXxxxXXxxXXXxXxXXXxxXxxXXXXxxxxxXXxxxxxxXXxxXXX
         """)
     )
-    r = run(reg, "datastore", "create", "-f", str(f))
+    r = run(reg, "datastore", "create", "-f", str(f), "--no-verify")
     assert r.exit_code == 0, r.output
-    r = run(reg, "datastore", "create", "-f", str(f), "--name", "second")
+    r = run(reg, "datastore", "create", "-f", str(f), "--name", "second", "--no-verify")
     assert r.exit_code == 0, r.output
     assert run(reg, "datastore", "set-default", "second").exit_code == 0
     listing = run(reg, "datastore", "list").output
@@ -103,6 +140,7 @@ def test_create_from_v2_yaml_and_set_default_remove(reg, tmp_path):
 
 
 def test_unknown_datastore_exit_2_one_line(reg):
+    Registry.load(reg).save()
     r = run(reg, "datastore", "show", "nope")
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -139,6 +177,7 @@ def test_bad_registry_file_exit_2_names_file(tmp_path):
 
 def test_console_script_runs_without_traceback(reg):
     """The installed entry point, as a user runs it."""
+    Registry.load(reg).save()
     exe = os.path.join(os.path.dirname(sys.executable), "amlfs")
     p = subprocess.run(
         [exe, "--registry", reg, "datastore", "show", "missing"],
@@ -148,3 +187,67 @@ def test_console_script_runs_without_traceback(reg):
     )
     assert p.returncode == 2
     assert p.stderr.startswith("amlfs: error:") and "Traceback" not in p.stderr
+
+
+def _register_blob(reg, azurite, container, *extra, key=KEY, url=None):
+    return run(
+        reg,
+        "datastore", "register", "blob", "chk", "--account-name", ACCOUNT,
+        "--container-name", container, "--account-key", key,
+        "--account-url", url or azurite.account_url, *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("wrong key", "authentication failed"),
+        ("missing container", "not found"),
+        ("unreachable", "unreachable"),
+        ("file share on a blob-only host", "datastore 'chk' not registered"),
+    ],
+)
+def test_register_verifies_and_says_what_failed(reg, azurite, container, case, expected):
+    from .azurite import free_port
+
+    if case == "wrong key":
+        r = _register_blob(reg, azurite, container, key=base64.b64encode(b"k" * 64).decode())
+    elif case == "missing container":
+        r = _register_blob(reg, azurite, "nosuchcontainer")
+    elif case == "unreachable":
+        r = _register_blob(reg, azurite, container, url=f"http://127.0.0.1:{free_port()}/x")
+    else:
+        r = run(
+            reg,
+            "datastore", "register", "file", "chk", "--account-name", ACCOUNT,
+            "--share-name", "share", "--account-key", KEY, "--account-url", azurite.account_url,
+        )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "--no-verify" in lines[0], r.output
+    assert "chk" not in run(reg, "datastore", "list").output
+
+
+def test_register_verified_and_offline(reg, azurite, container):
+    assert _register_blob(reg, azurite, container).exit_code == 0
+    r = _register_blob(reg, azurite, "nosuchcontainer", "--overwrite", "--no-verify")
+    assert r.exit_code == 0, r.output
+    assert "nosuchcontainer" in run(reg, "datastore", "show", "chk").output
+
+
+def test_bad_field_names_the_datastore_once(reg):
+    r = run(
+        reg,
+        "datastore", "register", "blob", "zz", "--account-name", ACCOUNT,
+        "--container-name", "c", "--account-key", "k", "--description", "7", "--no-verify",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run(reg, "upload", __file__, "zz:")
+    assert r.exit_code == 2 and "account_key is not base64" in r.output, r.output
+    r = run(
+        reg,
+        "datastore", "register", "blob", "zz", "--account-name", "BAD", "--container-name", "c",
+        "--overwrite", "--no-verify",
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert r.output.count("datastore 'zz'") == 1 and "account_name" in r.output, r.output

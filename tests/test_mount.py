@@ -375,8 +375,9 @@ def test_unmount_waits_for_the_daemon_and_mounts_lists(local_mounts, local_confi
     r = local_mounts.cli("mounts")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE"]
-    assert ["loc", "/", str(mp), str(pid), "live"] in [line.split() for line in lines[1:]]
+    assert lines[0].split() == ["DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE", "LOG"]
+    row = ["loc", "/", str(mp), str(pid), "live", str(local_mounts.tmp / "mnt.log")]
+    assert row in [line.split() for line in lines[1:]]
     r = local_mounts.cli("unmount", str(mp))
     assert r.returncode == 0, r.stderr
     assert not _alive(pid)

@@ -287,6 +287,7 @@ def test_cli_run_bad_input_spec_exit_2(tmp_path):
 
 
 def test_cli_run_unknown_datastore_exit_2(tmp_path):
+    Workspace.from_config(str(tmp_path / "r.yaml")).registry.save()
     p = subprocess.run(
         amlfs_cmd(str(tmp_path / "r.yaml")) + ["run", "-i", "x=nope:a", "--", "true"],
         capture_output=True,
@@ -300,6 +301,7 @@ def test_cli_run_download_local_default_no_fuse(tmp_path):
     """Download mode needs no FUSE: runs everywhere."""
     reg = str(tmp_path / "r.yaml")
     ws = Workspace.from_config(reg)
+    ws.registry.save()
     ds = ws.get_default_datastore()
     b = ds.backend()
     b.write_bytes("x/y.txt", b"payload")

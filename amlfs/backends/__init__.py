@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
+from ..errors import RegistryError
 from ..registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
 from .base import (
     Abort,
@@ -48,20 +50,37 @@ def open_backend(
         from .local import LocalBackend
 
         backend: Backend = LocalBackend(ds.path or "")
-    elif ds.type == BLOB:
-        from .blob import BlobBackend
-
-        backend = BlobBackend.from_config(ds, **options)
-    elif ds.type == FILE:
-        from .fileshare import FileShareBackend
-
-        backend = FileShareBackend.from_config(ds, **options)
-    elif ds.type == ADLS:
-        from .adls import AdlsBackend
-
-        backend = AdlsBackend.from_config(ds, **options)
-    else:
+    elif ds.type not in (BLOB, FILE, ADLS):
         raise ValueError(f"unknown datastore type {ds.type!r}")
+    else:
+        try:
+            backend = _open_azure(ds, **options)
+        except binascii.Error:
+            raise RegistryError(
+                f"datastore {ds.name!r}: credentials.account_key is not base64: copy the storage"
+                " account key again (Access keys in the portal)"
+            ) from None
+        except ValueError as e:
+            if ds.api_version and "api version" in str(e).lower():
+                raise RegistryError(
+                    f"datastore {ds.name!r}: api_version {ds.api_version} is not one the Azure"
+                    " storage SDK knows; use a published version such as 2025-01-05"
+                ) from None
+            raise
     if create_if_not_exists:
         backend.ensure_exists()
     return backend
+
+
+def _open_azure(ds: DatastoreConfig, **options: Any) -> Backend:
+    if ds.type == BLOB:
+        from .blob import BlobBackend
+
+        return BlobBackend.from_config(ds, **options)
+    if ds.type == FILE:
+        from .fileshare import FileShareBackend
+
+        return FileShareBackend.from_config(ds, **options)
+    from .adls import AdlsBackend
+
+    return AdlsBackend.from_config(ds, **options)

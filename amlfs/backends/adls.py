@@ -98,6 +98,7 @@ class AdlsBackend(AzureBackend):
             **client_options(
                 block_size,
                 retry_policy(retry_total, retry_backoff),
+                api_version=ds.api_version,
                 **transport_timeouts(connection_timeout, read_timeout),
             ),
         )

@@ -52,6 +52,11 @@ from .base import (
 
 T = TypeVar("T")
 
+
+class UnsupportedVersion(BackendError):
+    """The service refuses the storage API version (x-ms-version) sent."""
+
+
 MiB = 1024 * 1024
 PAGE_SIZE = 5000  # the services' maximum per listing call
 TMP_PREFIX = ".amlfs-tmp-"
@@ -212,16 +217,21 @@ def transport_timeouts(connection_timeout: float, read_timeout: float | None) ->
     return out
 
 
-def client_options(block_size: int, retry_policy: Any = None, **transport: Any) -> dict[str, Any]:
+def client_options(
+    block_size: int, retry_policy: Any = None, api_version: str | None = None, **transport: Any
+) -> dict[str, Any]:
     """Keyword arguments for an azure.storage client: one block is one GET; `retry_policy`, by
     default the SDK's exponential schedule (waits of about 3, 5, 9, 17 s) with a refused token
-    final; `transport`: a `transport=`, or the SDK transport's `connection_timeout=` etc."""
+    final; `api_version`: the x-ms-version to send (None: the SDK's newest); `transport`: a
+    `transport=`, or the SDK transport's `connection_timeout=` etc."""
     if retry_policy is None:
         retry_policy = AzureRetry(initial_backoff=1, increment_base=2, retry_total=4)
+    extra = {"api_version": api_version} if api_version else {}
     return {
         "max_single_get_size": block_size,
         "max_chunk_get_size": block_size,
         "retry_policy": retry_policy,
+        **extra,
         **transport,
     }
 
@@ -268,6 +278,7 @@ class Kind(enum.Enum):
     GARBLED = enum.auto()  # a body that cannot be decoded
     BROKE_OFF = enum.auto()  # a failure while reading a body (the downloader's own retries)
     HTTP = enum.auto()  # any other HTTP status
+    API_VERSION = enum.auto()  # the service does not accept the x-ms-version sent
     OTHER = enum.auto()
 
 
@@ -286,6 +297,7 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.GARBLED: Transient,
     Kind.BROKE_OFF: Transient,
     Kind.HTTP: BackendError,
+    Kind.API_VERSION: UnsupportedVersion,
     Kind.OTHER: BackendError,
 }
 TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)
@@ -300,6 +312,7 @@ class Failure:
     status: int | None
     code: str  # x-ms-error-code, '' when absent
     what: str  # "503 ServerBusy"
+    version: str  # the x-ms-version the request sent ('' when unknown)
     text: str  # the first line of the exception's message, or its type's name
     detail: str  # the whole message
     type: str  # the exception's type name
@@ -336,6 +349,8 @@ def classify(
         return Kind.EXISTS
     if code in ("InvalidResourceName", "InvalidUri"):
         return Kind.BAD_NAME
+    if status == 400 and code == "InvalidHeaderValue" and "version" in str(exc).lower():
+        return Kind.API_VERSION
     if status is not None and (status in TRANSIENT_STATUS or status >= 500):
         return Kind.FAILED
     if isinstance(exc, _NETWORK_ERRORS):
@@ -345,6 +360,16 @@ def classify(
     if isinstance(exc, HttpResponseError):
         return Kind.BROKE_OFF if status is None else Kind.HTTP
     return Kind.OTHER
+
+
+def api_version_message(description: str, version: str) -> str:
+    """The one line for a service that refuses our x-ms-version (an older Azurite, mostly)."""
+    sent = f" {version}" if version else ""
+    return (
+        f"{description} does not accept storage API version{sent} (HTTP 400 InvalidHeaderValue):"
+        " start Azurite with --skipApiVersionCheck, or set an older api_version on the datastore"
+        " (e.g. api_version: 2025-01-05)"
+    )
 
 
 # --- the common part of the backends --------------------------------------------------------------
@@ -381,12 +406,14 @@ class AzureBackend(Backend):
         detail = redact(str(getattr(exc, "message", None) or exc), self.rc)
         lines = detail.strip().splitlines()
         source = self.rc.source if self.rc else ""
+        request_headers = getattr(getattr(response, "request", None), "headers", None) or {}
         failure = Failure(
             path=path,
             where=f"{path!r} in {self.description}" if path else self.description,
             status=status,
             code=code,
             what=f"{status} {code}".strip(),
+            version=request_headers.get("x-ms-version", ""),
             text=lines[0] if lines else type(exc).__name__,
             detail=detail,
             type=type(exc).__name__,
@@ -402,6 +429,8 @@ class AzureBackend(Backend):
         """What a failure of `kind` says (this wording: the hierarchical backends')."""
         if kind in TRANSIENT_KINDS:
             return f"{f.where}: temporary failure ({f.reason})"
+        if kind is Kind.API_VERSION:
+            return api_version_message(self.description, f.version)
         denied = f"access denied to {f.where}{f.tried} ({f.reason})"
         return {
             Kind.CHANGED: f"{f.where} changed while it was being read",

@@ -110,9 +110,11 @@ class BlobBackend(AzureBackend):
         read_timeout: float = 30.0,
         max_connections: int = 64,
         lean: bool = True,
+        api_version: str | None = None,
     ):
         """`lean=False` keeps every request on the SDK (the lean client of blobget.py serves
-        ranged reads and listings otherwise, unless an HTTP proxy applies)."""
+        ranged reads and listings otherwise, unless an HTTP proxy applies). `api_version`: the
+        x-ms-version to send (None: the SDK's newest; an emulator may want an older one)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -133,7 +135,10 @@ class BlobBackend(AzureBackend):
             container,
             credential=sdk_cred,
             **client_options(
-                block_size, BoundedRetry(retry_backoff, retry_total), transport=transport
+                block_size,
+                BoundedRetry(retry_backoff, retry_total),
+                api_version=api_version,
+                transport=transport,
             ),
         )
         # Ranged reads and listings, the hot paths, bypass the SDK (see blobget.py).
@@ -145,6 +150,7 @@ class BlobBackend(AzureBackend):
                 timeout=read_timeout,
                 retry_total=retry_total,
                 retry_backoff=retry_backoff,
+                **({"api_version": api_version} if api_version else {}),
             )
             if lean and blobget_usable(self.account_url)
             else None
@@ -164,6 +170,7 @@ class BlobBackend(AzureBackend):
             rc,
             account_name=ds.account_name,
             block_size=block_size,
+            api_version=ds.api_version,
             **kwargs,
         )
 

@@ -135,8 +135,10 @@ class BlobFastPath:
         timeout: float = 30.0,
         retry_total: int = 3,
         retry_backoff: float = 1.0,
+        api_version: str = API_VERSION,
     ):
         parts = urlsplit(account_url)
+        self.api_version = api_version
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.https else 80)
@@ -325,7 +327,7 @@ class BlobFastPath:
         sec = int(time.time())
         if self._date[1] != sec:
             self._date = (formatdate(sec, usegmt=True), sec)
-        headers = {"x-ms-date": self._date[0], "x-ms-version": API_VERSION, **extra}
+        headers = {"x-ms-date": self._date[0], "x-ms-version": self.api_version, **extra}
         q = urlencode(query, quote_via=quote) if query else ""
         if self.auth.key is not None:
             headers["Authorization"] = self.auth.sign(path, headers, query)

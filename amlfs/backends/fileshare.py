@@ -87,6 +87,7 @@ class FileShareBackend(AzureBackend):
         kwargs = client_options(
             block_size,
             retry_policy(retry_total, retry_backoff),
+            api_version=ds.api_version,
             **transport_timeouts(connection_timeout, read_timeout),
         )
         if rc.kind == TOKEN:

@@ -9,21 +9,32 @@ from dataclasses import dataclass
 import click
 
 from ..backends.base import Backend, BackendError
-from ..errors import AmlfsError
-from ..registry import DatastoreConfig, Registry
+from ..errors import AmlfsError, RegistryError
+from ..registry import DatastoreConfig, Registry, resolve_registry_path
 
 log = logging.getLogger("amlfs")
 
 
 @dataclass
 class AppContext:
-    registry_path: str | None
+    registry_path: str | None  # --registry or $AMLFS_REGISTRY; None: the default path
     debug: bool
     _registry: Registry | None = None
+    #: set by the commands that create a missing registry (register, create)
+    may_create_registry: bool = False
 
     @property
     def registry(self) -> Registry:
+        """The registry. A path named by --registry or $AMLFS_REGISTRY must exist (a typo must
+        not silently give an empty registry), except for the commands that create it."""
         if self._registry is None:
+            if self.registry_path and not self.may_create_registry:
+                path = resolve_registry_path(self.registry_path)
+                if not path.exists():
+                    raise RegistryError(
+                        f"registry {path} does not exist: check --registry/$AMLFS_REGISTRY, or"
+                        " create it with `amlfs datastore register` or `amlfs datastore create`"
+                    )
             self._registry = Registry.load(self.registry_path)
         return self._registry
 

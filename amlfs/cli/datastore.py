@@ -52,18 +52,43 @@ def _common_options(f):
                 help="Explicit endpoint URL (emulators, private endpoints), e.g. "
                 "http://127.0.0.1:10000/devstoreaccount1.",
             ),
-            click.option("--endpoint", default="core.windows.net", show_default=True),
-            click.option("--protocol", type=click.Choice(["https", "http"]), default="https"),
-            click.option("--description", default=None),
+            click.option(
+                "--endpoint",
+                default="core.windows.net",
+                show_default=True,
+                help="DNS suffix of the storage endpoints (sovereign clouds differ).",
+            ),
+            click.option(
+                "--protocol",
+                type=click.Choice(["https", "http"]),
+                default="https",
+                show_default=True,
+                help="Scheme of the endpoint built from --account-name and --endpoint.",
+            ),
+            click.option(
+                "--api-version",
+                metavar="YYYY-MM-DD",
+                help="Storage REST API version to send (default: the SDK's newest), e.g. "
+                "2025-01-05 for an Azurite that lacks --skipApiVersionCheck.",
+            ),
+            click.option("--description", default=None, help="Free text shown by `show`."),
             click.option(
                 "--create-if-not-exists", is_flag=True, help="Create the storage if missing."
             ),
             click.option("--default", "make_default", is_flag=True, help="Make it the default."),
             click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name."),
+            _verify_option,
         ]
     ):
         f = opt(f)
     return f
+
+
+_verify_option = click.option(
+    "--verify/--no-verify",
+    default=True,
+    help="List one entry with the credentials before saving (default), or register offline.",
+)
 
 
 def _credentials(opts: dict) -> Credentials:
@@ -87,13 +112,24 @@ def _credentials(opts: dict) -> Credentials:
     return Credentials(**simple)
 
 
-def _save(app: AppContext, ds: DatastoreConfig, overwrite: bool, make_default: bool, create: bool):
+def _save(
+    app: AppContext,
+    ds: DatastoreConfig,
+    overwrite: bool,
+    make_default: bool,
+    create: bool,
+    verify: bool = True,
+):
     from ..workspace import Workspace, register_datastore
 
-    register_datastore(Workspace(app.registry), ds, overwrite, create, make_default)
+    app.may_create_registry = True
     reg = app.registry
+    existed = reg.path.exists()
+    register_datastore(Workspace(reg), ds, overwrite, create, make_default, verify)
     suffix = " (default)" if reg.default == ds.name else ""
     click.echo(f"registered {TYPE_LABELS[ds.type]} datastore '{ds.name}'{suffix} in {reg.path}")
+    if not existed:
+        click.echo(f"created the registry {reg.path} (it also holds the local workspaceblobstore)")
 
 
 def _azure_command(kind: str, ds_type: str, field: str, option: str, doc: str, extra=()):
@@ -101,13 +137,20 @@ def _azure_command(kind: str, ds_type: str, field: str, option: str, doc: str, e
 
     @pass_app
     def command(
-        app: AppContext, name, container, create_if_not_exists, make_default, overwrite, **opts
+        app: AppContext,
+        name,
+        container,
+        create_if_not_exists,
+        make_default,
+        overwrite,
+        verify,
+        **opts,
     ):
         creds = _credentials(opts)
         ds = DatastoreConfig(
             name=name, type=ds_type, credentials=creds, **{field: container}, **opts
         )
-        _save(app, ds, overwrite, make_default, create_if_not_exists)
+        _save(app, ds, overwrite, make_default, create_if_not_exists, verify)
 
     command.__doc__ = doc
     for decorate in reversed(
@@ -178,13 +221,14 @@ def register_local(
 @click.option("--name", default=None, help="Override the name in the file.")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default.")
 @click.option("--overwrite", is_flag=True, help="Replace a datastore of the same name.")
+@_verify_option
 @pass_app
-def create(app: AppContext, file_, name, make_default, overwrite):
+def create(app: AppContext, file_, name, make_default, overwrite, verify):
     """Register a datastore from an Azure ML v2 datastore YAML file."""
     ds = load_datastore_yaml(file_)
     if name:
         ds.name = name
-    _save(app, ds, overwrite, make_default, create=False)
+    _save(app, ds, overwrite, make_default, create=False, verify=verify)
 
 
 @datastore.command("list")

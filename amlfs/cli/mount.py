@@ -212,7 +212,7 @@ def mount(
         from ..fs.daemon import run_mount
 
         try:
-            _configure_daemon_logging(debug, log_file)
+            _configure_daemon_logging(debug, log_file, mountpoint)
             mountpoint = control.validate_mountpoint(mountpoint, nonempty=o.nonempty)
         except UsageError as e:
             status.error(e.exit_code, str(e))
@@ -251,27 +251,22 @@ def mount(
         argv += ["--log-file", log_file]
     # Pass the resolved datastore name so that a default-datastore change cannot race us.
     argv += ["--", f"{ds.name}:{path}", mountpoint]
-    control.start_background(argv, mountpoint, log_file, timeout=timeout)
+    from ..logs import default_log_path
 
-
-def _configure_daemon_logging(debug: bool, log_file: str | None) -> None:
-    import logging
-
-    root = logging.getLogger()
-    if log_file:
-        for h in list(root.handlers):
-            root.removeHandler(h)
+    # The daemon's stderr (what is printed before its logging is set up) goes to its log too.
+    daemon_log = log_file or str(default_log_path(mountpoint))
+    if not log_file:
         try:
-            handler = logging.FileHandler(log_file)
-        except OSError as e:
-            raise UsageError(f"cannot open log file {log_file}: {e.strerror}") from None
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        )
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.WARNING)
-    # The daemon's own lifecycle lines are worth keeping in a service log.
-    logging.getLogger("amlfs").setLevel(logging.DEBUG if debug else logging.INFO)
+            os.makedirs(os.path.dirname(daemon_log), mode=0o700, exist_ok=True)
+        except OSError:
+            daemon_log = None  # the daemon says why it cannot log there
+    control.start_background(argv, mountpoint, daemon_log, timeout=timeout)
+
+
+def _configure_daemon_logging(debug: bool, log_file: str | None, mountpoint: str) -> None:
+    from ..logs import configure_daemon
+
+    configure_daemon(mountpoint, debug, log_file)
 
 
 @main.command("unmount")
@@ -287,9 +282,10 @@ def unmount(mountpoint: str, lazy: bool) -> None:
 @main.command("mounts")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per mount.")
 def mounts(as_json: bool) -> None:
-    """List amlfs mounts: datastore, path, mountpoint, daemon pid."""
+    """List amlfs mounts: datastore, path, mountpoint, daemon pid, state, where it logs."""
     from ..errors import AmlfsError
     from ..fs import control
+    from ..logs import find_target
 
     rows = []
     for m in control.list_mounts():
@@ -304,6 +300,7 @@ def mounts(as_json: bool) -> None:
                 "mountpoint": m.mountpoint,
                 "pid": pid,
                 "state": state,
+                "log": (t.describe() if (t := find_target(m.mountpoint)) else None),
             }
         )
     if as_json:
@@ -312,14 +309,16 @@ def mounts(as_json: bool) -> None:
         return
     if not rows:
         return
-    table = [("DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE")]
+    table = [("DATASTORE", "PATH", "MOUNTPOINT", "PID", "STATE", "LOG")]
     for r in rows:
         pid = "-" if r["pid"] is None else str(r["pid"])
-        table.append((r["datastore"], r["path"] or "/", r["mountpoint"], pid, r["state"]))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+        table.append(
+            (r["datastore"], r["path"] or "/", r["mountpoint"], pid, r["state"], r["log"] or "-")
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     for row in table:
         click.echo(
-            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+            "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
         )
 
 
