@@ -169,3 +169,98 @@ class CannedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ConnectProxy:
+    """An HTTP proxy on loopback that only tunnels (CONNECT host:port), relaying bytes both ways;
+    with `authorization`, a CONNECT without that Proxy-Authorization value gets a 407. Records
+    each CONNECT head; bounded in time like CannedServer."""
+
+    def __init__(self, *, authorization: str | None = None, lifetime: float = LIFETIME):
+        self.authorization = authorization
+        self.connects: list[bytes] = []
+        self._deadline = time.monotonic() + lifetime
+        self._closed = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._closed and time.monotonic() < self._deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                more = conn.recv(4096)
+                if not more:
+                    return
+                head += more
+            with self._lock:
+                self.connects.append(head)
+                self._socks.append(conn)
+            lines = head.split(b"\r\n")
+            method, target, _ = lines[0].split(b" ", 2)
+            fields = dict(line.split(b": ", 1) for line in lines[1:] if b": " in line)
+            if method != b"CONNECT":
+                conn.sendall(response(405, reason="Method Not Allowed", headers={}))
+                return
+            want = self.authorization
+            if want is not None and fields.get(b"Proxy-Authorization", b"").decode() != want:
+                conn.sendall(response(407, reason="Proxy Authentication Required"))
+                return
+            host, _, port = target.decode().rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=5) as up:
+                with self._lock:
+                    self._socks.append(up)
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._relay(conn, up)
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        import selectors
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ, b)
+            sel.register(b, selectors.EVENT_READ, a)
+            while not self._closed and time.monotonic() < self._deadline:
+                for key, _ in sel.select(timeout=0.1):
+                    try:
+                        data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        key.data.sendall(data)
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+        with self._lock:
+            for s in self._socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for t in self._threads:
+            t.join(timeout=1)
+
+    def __enter__(self) -> ConnectProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -49,6 +49,7 @@ from .base import (
     Transient,
     normpath,
 )
+from .http import ProtocolError
 
 T = TypeVar("T")
 
@@ -279,6 +280,7 @@ class Kind(enum.Enum):
     BROKE_OFF = enum.auto()  # a failure while reading a body (the downloader's own retries)
     HTTP = enum.auto()  # any other HTTP status
     API_VERSION = enum.auto()  # the service does not accept the x-ms-version sent
+    PROTOCOL = enum.auto()  # a response that does not answer the request (lean client)
     OTHER = enum.auto()
 
 
@@ -298,6 +300,7 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.BROKE_OFF: Transient,
     Kind.HTTP: BackendError,
     Kind.API_VERSION: UnsupportedVersion,
+    Kind.PROTOCOL: Transient,
     Kind.OTHER: BackendError,
 }
 TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)
@@ -353,6 +356,8 @@ def classify(
         return Kind.API_VERSION
     if status is not None and (status in TRANSIENT_STATUS or status >= 500):
         return Kind.FAILED
+    if isinstance(exc, ProtocolError):
+        return Kind.PROTOCOL
     if isinstance(exc, _NETWORK_ERRORS):
         return Kind.NETWORK
     if isinstance(exc, DecodeError):
@@ -427,6 +432,8 @@ class AzureBackend(Backend):
 
     def _message(self, kind: Kind, f: Failure) -> str:
         """What a failure of `kind` says (this wording: the hierarchical backends')."""
+        if kind is Kind.PROTOCOL:
+            return f"{f.where}: bad response from the service: {f.text}"
         if kind in TRANSIENT_KINDS:
             return f"{f.where}: temporary failure ({f.reason})"
         if kind is Kind.API_VERSION:

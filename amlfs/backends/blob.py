@@ -42,6 +42,7 @@ from .azure import (
 )
 from .base import (
     Abort,
+    Aborted,
     AlreadyExists,
     BackendError,
     Forbidden,
@@ -54,7 +55,6 @@ from .base import (
     normpath,
 )
 from .blobget import BlobFastPath, HttpStatusError
-from .blobget import usable as blobget_usable
 from .bloblist import ListedPrefix
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,10 @@ class BlobBackend(AzureBackend):
         api_version: str | None = None,
     ):
         """`lean=False` keeps every request on the SDK (the lean client of blobget.py serves
-        ranged reads and listings otherwise, unless an HTTP proxy applies). `api_version`: the
-        x-ms-version to send (None: the SDK's newest; an emulator may want an older one)."""
+        ranged reads and listings otherwise, through a CONNECT tunnel where an HTTP proxy
+        applies). `retry_total=0`: no retries here, for a caller that retries itself.
+        `api_version`: the x-ms-version to send (None: the SDK's newest; an emulator may want an
+        older one)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -142,19 +144,20 @@ class BlobBackend(AzureBackend):
             ),
         )
         # Ranged reads and listings, the hot paths, bypass the SDK (see blobget.py).
-        self._fast = (
-            BlobFastPath(
-                self.account_url,
-                container,
-                sdk_cred,
-                timeout=read_timeout,
-                retry_total=retry_total,
-                retry_backoff=retry_backoff,
-                **({"api_version": api_version} if api_version else {}),
-            )
-            if lean and blobget_usable(self.account_url)
-            else None
-        )
+        self._fast: BlobFastPath | None = None
+        if lean:
+            try:
+                self._fast = BlobFastPath(
+                    self.account_url,
+                    container,
+                    sdk_cred,
+                    timeout=read_timeout,
+                    retry_total=retry_total,
+                    retry_backoff=retry_backoff,
+                    **({"api_version": api_version} if api_version else {}),
+                )
+            except ValueError as e:  # a proxy it cannot tunnel through: the SDK gets through
+                log.info("%s: reads go through the SDK: %s", self.description, e)
 
     @classmethod
     def from_config(
@@ -193,6 +196,7 @@ class BlobBackend(AzureBackend):
             Kind.FAILED: f"{d}: {p}: the service failed (HTTP {f.what})",
             Kind.NETWORK: f"{d}: {p}: network error ({f.type})",
             Kind.GARBLED: f"{d}: {p}: bad response ({f.what})",  # a truncated or garbled body
+            Kind.PROTOCOL: f"{d}: {p}: bad response: {f.text}",
             Kind.BROKE_OFF: f"{d}: {p}: the response broke off",
             Kind.HTTP: f"{d}: {p}: HTTP {f.what}",
             Kind.OTHER: f"{d}: {p}: {f.detail}",
@@ -442,6 +446,8 @@ class BlobBackend(AzureBackend):
             if e.status_code == 416:  # offset at or past the end
                 return 0
             raise self._map_error(e, rel) from None
+        except Aborted:
+            raise Aborted(f"reading {rel!r} was cancelled", rel) from None
         except Exception as e:
             raise self._map_error(e, rel) from None
 
