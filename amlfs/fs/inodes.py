@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pyfuse3 import ROOT_INODE
 
 from ..backends.base import ObjectInfo
+from ..units import FOREVER
 from .budget import MemoryBudget
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,6 @@ log = logging.getLogger(__name__)
 #: what one listed entry costs in memory (its ObjectInfo, name, path and list slot), measured with
 #: tracemalloc over 100,000 entries of 20-byte names: ~310 bytes
 ENTRY_BYTES = 320
-
-#: A timeout that means "never expires" (the kernel caps it; ten years is plenty).
-FOREVER = 10 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
