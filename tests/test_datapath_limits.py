@@ -16,6 +16,7 @@ import trio
 from amlfs.backends.base import Aborted, BackendError
 from amlfs.fs.datapath import DataPathConfig
 from amlfs.fs.stats import Stats
+
 from .test_datapath import KiB, MiB, ModelBackend, pattern, read_all, run_with_datapath
 
 
