@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -128,6 +129,8 @@ class BlobBackend(AzureBackend):
         # Uploads up to this size go in one Put Blob (read whole, so Content-MD5 can lead).
         self.single_put_size = upload_block_size
         self.page_size = PAGE_SIZE
+        self._side: ThreadPoolExecutor | None = None
+        self._side_lock = threading.Lock()
         transport, self._session = pooled_transport(
             max_connections, connection_timeout, read_timeout
         )
@@ -240,16 +243,19 @@ class BlobBackend(AzureBackend):
             return None
 
     def stat(self, path: str) -> ObjectInfo:
+        """HEAD of the blob and a one-entry LIST of `path/`, sent at once (a name may be a blob,
+        a prefix, or both): one round trip, not two."""
         rel = normpath(path)
         if not rel:
             self._call(rel, lambda: next(self._cc.list_blobs(results_per_page=1).by_page(), None))
             return _dir_info("")
+        children = self._side_pool().submit(self._has_children, rel)
         props = self._call(rel, lambda: self._head(rel))
         if props is not None and _is_folder_marker(props.size, props.metadata):
             return _dir_info(rel, props)
         if props is not None:
             try:
-                shadowed = self._has_children(rel)
+                shadowed = children.result()
             except Exception as e:
                 err = self._map_error(e, rel)
                 if not isinstance(err, Forbidden):
@@ -259,9 +265,16 @@ class BlobBackend(AzureBackend):
                 self._both(rel)
                 return _dir_info(rel, props)
             return _file_info(rel, props)
-        if self._call(rel, lambda: self._has_children(rel)):
+        if self._call(rel, children.result):
             return _dir_info(rel)
         raise NotFound(f"no such file or directory: {rel!r}", rel)
+
+    def _side_pool(self) -> ThreadPoolExecutor:
+        """Threads for the LIST half of `stat` (created on first use)."""
+        with self._side_lock:
+            if self._side is None:
+                self._side = ThreadPoolExecutor(8, thread_name_prefix="amlfs-blob-stat")
+            return self._side
 
     def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
@@ -543,6 +556,8 @@ class BlobBackend(AzureBackend):
         self._call("", lambda: next(self._cc.list_blobs(results_per_page=1).by_page(), None))
 
     def close(self) -> None:
+        if self._side is not None:
+            self._side.shutdown(wait=False, cancel_futures=True)
         if self._fast is not None:
             self._fast.close()
         self._cc.close()
