@@ -72,6 +72,7 @@ class CannedServer:
         self.client_closed = threading.Event()  # the client closed a stalled connection
         self._deadline = time.monotonic() + lifetime
         self._lock = threading.Lock()
+        self._requested = threading.Condition(self._lock)
         self._closed = False
         self._conns: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -136,7 +137,13 @@ class CannedServer:
             data += more
         with self._lock:
             self.requests.append(data)
+            self._requested.notify_all()
         return True
+
+    def wait_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait until `n` requests have arrived."""
+        with self._lock:
+            return self._requested.wait_for(lambda: len(self.requests) >= n, timeout)
 
     def _wait_close(self, conn: socket.socket, limit: float) -> None:
         end = time.monotonic() + limit

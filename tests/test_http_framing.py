@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
@@ -319,3 +320,23 @@ def test_reads_and_lists_through_a_connect_proxy(azurite, container, monkeypatch
         assert client.read("a/b", 0, 4) == BODY[:4]
         client.close()
         assert len(proxy.connects) == 2
+
+
+def test_abort_during_a_retry_backoff_ends_it():
+    busy = response(503, headers={"x-ms-error-code": "ServerBusy"})
+    with CannedServer([busy, busy]) as server:
+        client = fast(server, retry_total=3, retry_backoff=30)
+        abort = Abort()
+
+        def cancel_after_first() -> None:
+            if server.wait_requests(1):
+                abort.cancel()
+
+        t = threading.Thread(target=cancel_after_first)
+        t.start()
+        t0 = time.monotonic()
+        with pytest.raises(Aborted):
+            client.read_into("x", 0, memoryview(bytearray(4)), abort=abort)
+        assert time.monotonic() - t0 < 5 and len(server.requests) == 1
+        t.join()
+        client.close()
