@@ -10,6 +10,7 @@ cannot hang the suite. Tests sequence on its events (`stalled`, `client_closed`)
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -64,20 +65,29 @@ def chunked(body: bytes, pieces: int = 3, **kw) -> bytes:
 class CannedServer:
     """Serves `script` in order across all connections, then stops accepting."""
 
-    def __init__(self, script: list[Step], *, lifetime: float = LIFETIME):
+    def __init__(
+        self,
+        script: list[Step],
+        *,
+        lifetime: float = LIFETIME,
+        tls: ssl.SSLContext | None = None,
+    ):
+        """`tls`: a server-side context; then the URL is https://."""
         self.script = list(script)
+        self.tls = tls
         self.requests: list[bytes] = []
         self.accepted = 0
         self.stalled = threading.Event()  # a Stall has sent its bytes
         self.client_closed = threading.Event()  # the client closed a stalled connection
         self._deadline = time.monotonic() + lifetime
         self._lock = threading.Lock()
+        self._requested = threading.Condition(self._lock)
         self._closed = False
         self._conns: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
@@ -109,6 +119,13 @@ class CannedServer:
             t.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn.settimeout(5)
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         with conn:
             while self._left() > 0:
                 if not self._read_request(conn):
@@ -136,7 +153,13 @@ class CannedServer:
             data += more
         with self._lock:
             self.requests.append(data)
+            self._requested.notify_all()
         return True
+
+    def wait_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait until `n` requests have arrived."""
+        with self._lock:
+            return self._requested.wait_for(lambda: len(self.requests) >= n, timeout)
 
     def _wait_close(self, conn: socket.socket, limit: float) -> None:
         end = time.monotonic() + limit

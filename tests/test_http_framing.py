@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
@@ -319,3 +320,63 @@ def test_reads_and_lists_through_a_connect_proxy(azurite, container, monkeypatch
         assert client.read("a/b", 0, 4) == BODY[:4]
         client.close()
         assert len(proxy.connects) == 2
+
+
+def test_abort_during_a_retry_backoff_ends_it():
+    busy = response(503, headers={"x-ms-error-code": "ServerBusy"})
+    with CannedServer([busy, busy]) as server:
+        client = fast(server, retry_total=3, retry_backoff=30)
+        abort = Abort()
+
+        def cancel_after_first() -> None:
+            if server.wait_requests(1):
+                abort.cancel()
+
+        t = threading.Thread(target=cancel_after_first)
+        t.start()
+        t0 = time.monotonic()
+        with pytest.raises(Aborted):
+            client.read_into("x", 0, memoryview(bytearray(4)), abort=abort)
+        assert time.monotonic() - t0 < 5 and len(server.requests) == 1
+        t.join()
+        client.close()
+
+
+def test_https_through_a_connect_proxy_and_abort_over_tls(tmp_path, monkeypatch):
+    """TLS to the service inside the tunnel; an abort shuts the TLS socket down mid-body."""
+    import ssl
+
+    from .servers.common import make_self_signed_cert
+
+    files = make_self_signed_cert(str(tmp_path))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(files.cert, files.key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", files.cert)
+    script = [partial(BODY[:10], 0, 1024), Stall(partial(BODY, 0, 1024)[:-500])]
+    with CannedServer(script, tls=ctx) as server, ConnectProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        client = BlobFastPath(f"{server.url}/acct", "c", None, retry_total=0)
+        try:
+            assert client.read("x", 0, 10) == BODY[:10]
+            assert proxy.connects[0].startswith(f"CONNECT 127.0.0.1:{server.port} ".encode())
+            abort = Abort()
+            t = threading.Thread(target=lambda: server.stalled.wait(5) and abort.cancel())
+            t.start()
+            with pytest.raises(Aborted):
+                client.read_into("x", 0, memoryview(bytearray(1024)), abort=abort)
+            t.join()
+            assert server.client_closed.wait(2) and len(proxy.connects) == 1
+        finally:
+            client.close()
+
+
+def test_read_to_fd_checks_the_range_too(tmp_path):
+    with CannedServer([partial(BODY[:3], 0, 1024), partial(BODY[100:103], 100, 1024)]) as s:
+        client = fast(s)
+        with open(tmp_path / "out", "w+b") as f:
+            with pytest.raises(ProtocolError, match="Content-Range 'bytes 0-2/1024'"):
+                client.read_to_fd("x", 100, 3, f.fileno(), 0)
+            assert os.path.getsize(tmp_path / "out") == 0  # nothing written
+            assert client.read_to_fd("x", 100, 3, f.fileno(), 0) == 3
+            assert f.read() == BODY[100:103]
+        client.close()

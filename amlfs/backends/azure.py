@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import random
 import threading
@@ -37,6 +38,8 @@ from azure.storage.blob import ExponentialRetry
 from ..credentials import ResolvedCredential, account_url, redact, resolve_credential
 from ..registry import DatastoreConfig
 from .base import (
+    Abort,
+    Aborted,
     AlreadyExists,
     Backend,
     BackendError,
@@ -49,7 +52,7 @@ from .base import (
     Transient,
     normpath,
 )
-from .http import ProtocolError
+from .http import ProtocolError, shutdown
 
 T = TypeVar("T")
 
@@ -257,6 +260,52 @@ def pooled_transport(
         connection_data_block_size=1 * MiB,
     )
     return transport, session
+
+
+# --- cancelling an SDK download --------------------------------------------------------------------
+
+
+@contextmanager
+def sdk_abort(abort: Abort | None, path: str) -> Iterator[dict[str, Any]]:
+    """Keyword arguments for SDK calls (one download) that let `abort` stop them, as far as the
+    SDK allows: the abort is checked before every request the SDK sends (its retries included:
+    Aborted is no AzureError, so its retry policy lets it through), and once a response's
+    headers have arrived, cancelling shuts that response's socket down, cutting the body read
+    short. A stall before the response headers runs on to the SDK's read timeout (no socket is
+    known until then); the result is discarded. Raises Aborted when cancelled, whatever the SDK
+    raised instead."""
+    if abort is None:
+        yield {}
+        return
+    abort.check(path)
+    closers: list[Callable[[], None]] = []
+
+    def before(request: Any) -> None:
+        abort.check(path)
+
+    def after(response: Any) -> None:
+        sock = _response_socket(response)
+        if sock is not None:
+            closer = functools.partial(shutdown, sock)
+            closers.append(closer)
+            abort.attach(closer)
+
+    try:
+        yield {"raw_request_hook": before, "raw_response_hook": after}
+    except Exception:
+        if abort.cancelled:
+            raise Aborted(f"reading {path!r} was cancelled", path) from None
+        raise
+    finally:
+        for closer in closers:
+            abort.detach(closer)
+    abort.check(path)
+
+
+def _response_socket(pipeline_response: Any) -> Any:
+    """The socket under a requests-transport response (None for another transport)."""
+    raw = getattr(getattr(pipeline_response.http_response, "internal_response", None), "raw", None)
+    return getattr(getattr(raw, "connection", None), "sock", None)
 
 
 # --- errors -----------------------------------------------------------------------------------------

@@ -165,12 +165,13 @@ class Abort:
     and never will: a closer may not call back into its Abort, and must be quick (no I/O wait).
     """
 
-    __slots__ = ("cancelled", "_closers", "_lock")
+    __slots__ = ("cancelled", "_closers", "_lock", "_event")
 
     def __init__(self) -> None:
         self.cancelled = False
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._event = threading.Event()
 
     def cancel(self) -> None:
         """Mark cancelled and run every attached closer once (later cancels do nothing)."""
@@ -178,6 +179,7 @@ class Abort:
             if self.cancelled:
                 return
             self.cancelled = True
+            self._event.set()
             closers, self._closers = self._closers, []
             for closer in closers:
                 _run_closer(closer)
@@ -197,6 +199,10 @@ class Abort:
                 self._closers.remove(closer)
             except ValueError:
                 pass
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep that ends early on cancel (a retry's backoff)."""
+        self._event.wait(seconds)
 
     def check(self, path: str | None = None) -> None:
         """Raise Aborted if cancelled."""

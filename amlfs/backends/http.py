@@ -246,7 +246,10 @@ class HttpClient:
             delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
             attempt += 1
             log.debug("retrying GET %s in %.2f s", what, delay)
-            time.sleep(delay)
+            if abort is not None:
+                abort.sleep(delay)
+            else:
+                time.sleep(delay)
 
     def _attempt(self, request: bytes, consume: Callable[[Response], T], abort: Abort | None) -> T:
         """One request on one connection, which goes back to the pool only when the response
