@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..backends.base import Backend, BackendError
+from ..backends.base import Backend, BackendError, NotFound
 from ..errors import AmlfsError, RegistryError
 from ..registry import DatastoreConfig, Registry, resolve_registry_path
 
@@ -55,14 +55,20 @@ class AppContext:
 
 
 class AmlfsGroup(click.Group):
-    """Turns every expected failure into one line on stderr and an exit code: 1 for runtime
-    failures, 2 for bad usage or a bad registry. Tracebacks only with --debug."""
+    """Turns every expected failure into one line on stderr and an exit code, the one rule for
+    every command: 0 success; 1 a runtime failure (auth, network, a service error, some files
+    failed); 2 bad usage: a bad option or location, an unknown datastore, a bad or missing
+    registry, a path that does not exist (in the datastore or on this machine). Tracebacks only
+    with --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (AmlfsError, BackendError) as e:
-            code = e.exit_code if isinstance(e, AmlfsError) else 1
+            if isinstance(e, AmlfsError):
+                code = e.exit_code
+            else:
+                code = 2 if isinstance(e, NotFound) else 1
             debug = isinstance(ctx.obj, AppContext) and ctx.obj.debug
             if debug:
                 log.exception("failed")

@@ -45,7 +45,7 @@ def stage_cmd(
     """Make DEST hold exactly the files under SRC (DATASTORE[:PATH] or azureml://...).
 
     Files unchanged since the last stage (same remote ETag and size, local copy untouched) are
-    skipped; an interrupted stage resumes where it stopped. A missing PATH is an error (exit 1);
+    skipped; an interrupted stage resumes where it stopped. A missing PATH is an error (exit 2);
     exit 1 also when any file failed, after copying all the others.
     """
     bs = parse_size(block_size)
