@@ -12,7 +12,7 @@ import click
 
 from ..errors import UsageError
 from ..fs.inodes import FOREVER, Timeouts
-from .common import AppContext, main, pass_app
+from .common import AppContext, examples, main, pass_app
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _FOREVER_WORDS = ("forever", "inf", "infinity", "immutable")
@@ -106,7 +106,14 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     return out
 
 
-@main.command("mount")
+@main.command(
+    "mount",
+    epilog=examples(
+        "amlfs mount training:images /mnt/images",
+        "amlfs mount --immutable --cache-size 4G :datasets/v1 /mnt/v1",
+        "amlfs mount -o allow_other,registry=/etc/amlfs/datastores.yaml training: /mnt/training",
+    ),
+)
 @click.argument("source", metavar="DATASTORE[:PATH]")
 @click.argument("mountpoint")
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (for systemd, debugging).")
@@ -269,7 +276,9 @@ def _configure_daemon_logging(debug: bool, log_file: str | None, mountpoint: str
     configure_daemon(mountpoint, debug, log_file)
 
 
-@main.command("unmount")
+@main.command(
+    "unmount", epilog=examples("amlfs unmount /mnt/images", "amlfs unmount --lazy /mnt/images")
+)
 @click.argument("mountpoint", type=click.Path())
 @click.option("-z", "--lazy", is_flag=True, help="Detach now, even while files are open.")
 def unmount(mountpoint: str, lazy: bool) -> None:
@@ -279,7 +288,7 @@ def unmount(mountpoint: str, lazy: bool) -> None:
     control.unmount(mountpoint, lazy=lazy)
 
 
-@main.command("mounts")
+@main.command("mounts", epilog=examples("amlfs mounts", "amlfs mounts --json"))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per mount.")
 def mounts(as_json: bool) -> None:
     """List amlfs mounts: datastore, path, mountpoint, daemon pid, state, where it logs."""
@@ -322,7 +331,7 @@ def mounts(as_json: bool) -> None:
         )
 
 
-@main.command("stats")
+@main.command("stats", epilog=examples("amlfs stats /mnt/images", "amlfs stats --json /mnt/images"))
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The raw JSON document.")
 def stats(mountpoint: str, as_json: bool) -> None:

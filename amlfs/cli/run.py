@@ -11,7 +11,7 @@ from ..datareference import MODES, DataReference
 from ..errors import UsageError
 from ..run import run_with_inputs
 from ..workspace import Datastore, Workspace
-from .common import AppContext, main, pass_app
+from .common import AppContext, examples, main, pass_app
 
 NAME_RE = r"[A-Za-z_][A-Za-z0-9_]*"
 INPUT_RE = re.compile(rf"^(?P<name>{NAME_RE})=(?P<loc>.+?)(?:@(?P<mode>[^@/:]*))?$")
@@ -48,7 +48,14 @@ def check_placeholders(command: tuple[str, ...], names: list[str]) -> None:
                 )
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(
+    context_settings={"ignore_unknown_options": True},
+    epilog=examples(
+        "amlfs run -i train=training:images -- python train.py --data {train}",
+        "amlfs run -i labels=:labels@download -- sh -c 'wc -l \"$AMLFS_DATAREFERENCE_labels\"/*'",
+        "amlfs run -i a=ds:x@mount -i b=ds:y@download --workdir /tmp/job -- ./job.sh {a} {b}",
+    ),
+)
 @click.option(
     "-i",
     "--input",
@@ -74,12 +81,6 @@ def run(app: AppContext, inputs, workdir, progress, command):
     error (a shell's ${VAR} is left alone). Mounts are undone on success, failure, Ctrl-C and
     SIGTERM. Exit status: COMMAND's; 127 if it is not found, 126 if it cannot be executed; 2 for
     a bad input.
-
-    \b
-    Examples:
-      amlfs run -i train=training:images -- python train.py --data {train}
-      amlfs run -i labels=:labels@download -- sh -c 'wc -l "$AMLFS_DATAREFERENCE_labels"/*'
-      amlfs run -i a=ds:x@mount -i b=ds:y@download --workdir /tmp/job -- ./job.sh {a} {b}
     """
     refs = [parse_input(app, spec) for spec in inputs]
     check_placeholders(command, [r.data_reference_name for r in refs])
