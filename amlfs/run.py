@@ -27,6 +27,18 @@ class Terminated(Exception):
     """SIGTERM arrived while inputs were being materialised."""
 
 
+class CommandNotFound(AmlfsError):
+    """The command to run does not exist (a shell's 127)."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(AmlfsError):
+    """The command exists but cannot be executed (a shell's 126)."""
+
+    exit_code = 126
+
+
 @dataclass
 class RunDir:
     """Where a run's inputs go: a directory we created (and remove) or one the user named."""
@@ -183,8 +195,17 @@ def run_with_inputs(
             log.info("running %s", argv)
             try:
                 child.append(subprocess.Popen(argv, cwd=cwd, env=environment(refs, locations, env)))
+            except FileNotFoundError:
+                raise CommandNotFound(
+                    f"{argv[0]}: command not found (check the name, or give its full path)"
+                ) from None
+            except PermissionError:
+                raise CommandNotExecutable(
+                    f"{argv[0]}: permission denied: not executable (chmod +x it, or run it"
+                    " through its interpreter)"
+                ) from None
             except OSError as e:
-                raise AmlfsError(f"cannot run {argv[0]}: {e.strerror}") from None
+                raise CommandNotExecutable(f"cannot run {argv[0]}: {e.strerror}") from None
             rc = child[0].wait()
             return RunResult(128 - rc if rc < 0 else rc, dict(locations))
     except Terminated as t:

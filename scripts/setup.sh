@@ -57,6 +57,12 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   rm -f "$log"
   echo "$want" > "$stamp"
 fi
+# The man page, generated from the CLI's own help (man amlfs); reinstalled only when it changed.
+mandir="${AMLFS_MANDIR:-/usr/local/share/man/man1}"
+if .venv/bin/python -m amlfs.cli.manpage > .venv/amlfs.1 && ! cmp -s .venv/amlfs.1 "$mandir/amlfs.1"; then
+  $SUDO install -D -m 0644 .venv/amlfs.1 "$mandir/amlfs.1" ||
+    echo "setup: could not install the man page in $mandir (read it with: man -l .venv/amlfs.1)" >&2
+fi
 if [[ $want_test -eq 1 ]]; then
   if [[ ! -x node_modules/.bin/azurite-blob ]] || [[ "$(node -p 'require("./node_modules/azurite/package.json").version' 2>/dev/null)" != "$(node -p 'require("./package.json").devDependencies.azurite')" ]]; then
     npm ci --no-audit --no-fund --loglevel=error

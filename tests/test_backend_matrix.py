@@ -189,9 +189,9 @@ def put_tree(backend: Backend, prefix: str, tree: dict[str, bytes]) -> None:
         backend.write_bytes(f"{prefix}/{name}", content)
 
 
-def assert_clean_error(r: subprocess.CompletedProcess, *secrets: str | None) -> str:
-    """Exit 1, one `amlfs: error:` line, no traceback, no secret; returns the line."""
-    assert r.returncode == 1, (r.returncode, r.stderr)
+def assert_clean_error(r: subprocess.CompletedProcess, *secrets: str | None, code: int = 1) -> str:
+    """Exit `code`, one `amlfs: error:` line, no traceback, no secret; returns the line."""
+    assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
@@ -239,7 +239,8 @@ def test_stage_then_a_rerun_copies_nothing_and_a_missing_path_fails(cli, store, 
     assert f"copied 0, skipped {len(TREE)}" in r.stderr
     assert read_tree(out) == TREE
     r = cli("stage", f"{NAME}:no/such/dir", str(tmp_path / "missing"))
-    assert "no/such/dir" in assert_clean_error(r, store.config.credentials.account_key)
+    # A path that does not exist is bad usage (exit 2), as for every command.
+    assert "no/such/dir" in assert_clean_error(r, store.config.credentials.account_key, code=2)
 
 
 # --- mount ----------------------------------------------------------------------------------------

@@ -91,11 +91,11 @@ def test_upload_overwrite_flag(reg, src, backend):
     assert backend.read_all("a.txt") == b"A"
 
 
-def test_missing_path_is_exit_1_naming_it(reg, backend, tmp_path):
+def test_missing_path_is_exit_2_naming_it(reg, backend, tmp_path):
     backend.write_bytes("x/y", b"1")
     for cmd in ("download", "stage"):
         r = amlfs(reg, cmd, "azb:no/such", str(tmp_path / cmd))
-        assert r.exit_code == 1, r.output
+        assert r.exit_code == 2, r.output
         assert "no/such" in r.stderr and "Traceback" not in r.output
 
 
@@ -159,4 +159,4 @@ def test_real_process_exit_codes_and_progress_flag(reg, backend, tmp_path):
     p = subprocess.run(
         [*base, "stage", "azb:nope", str(tmp_path / "o")], capture_output=True, text=True
     )
-    assert p.returncode == 1 and "Traceback" not in p.stderr and "nope" in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "nope" in p.stderr

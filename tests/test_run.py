@@ -373,3 +373,51 @@ def test_guide_training_examples_as_written(workspace, tmp_path, monkeypatch):
     assert result[downloaded]["files"] == 1
     assert result[env["AZUREML_DATAREFERENCE_data"]]["files"] == len(FILES)
     assert mounts_under("/tmp/amlfs-run-") == []
+
+
+def _saved_registry(tmp_path) -> str:
+    reg = str(tmp_path / "r.yaml")
+    Workspace.from_config(reg).registry.save()
+    return reg
+
+
+def _cli_run(reg: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        amlfs_cmd(reg) + ["run", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_run_bad_mode_exit_2_names_valid_modes(tmp_path):
+    p = _cli_run(_saved_registry(tmp_path), "-i", "train=:data@copy", "--", "true")
+    assert p.returncode == 2, p.stderr
+    assert "'@copy'" in p.stderr and "@mount" in p.stderr and "@download" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_cli_run_path_with_at_sign_and_explicit_mode(tmp_path):
+    reg = _saved_registry(tmp_path)
+    ds = Workspace.from_config(reg).get_default_datastore()
+    b = ds.backend()
+    b.write_bytes("v@2/f.txt", b"at")
+    b.close()
+    p = _cli_run(reg, "-i", "d=:v@2@download", "--", "cat", "{d}/f.txt")
+    assert p.returncode == 0 and p.stdout == "at", p.stderr
+
+
+def test_cli_run_unknown_placeholder_exit_2_shell_vars_alone(tmp_path):
+    reg = _saved_registry(tmp_path)
+    p = _cli_run(reg, "--", "echo", "{trian}")
+    assert p.returncode == 2 and "{trian}" in p.stderr, p.stderr
+    p = _cli_run(reg, "--", "sh", "-c", "echo ${HOME:+ok}")
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_cli_run_command_not_found_127_not_executable_126(tmp_path):
+    reg = _saved_registry(tmp_path)
+    p = _cli_run(reg, "--", "no-such-command-amlfs")
+    assert p.returncode == 127 and "command not found" in p.stderr, p.stderr
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    p = _cli_run(reg, "--", str(script))
+    assert p.returncode == 126 and "not executable" in p.stderr, p.stderr

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..backends.base import Backend, BackendError
+from ..backends.base import Backend, BackendError, NotFound
 from ..errors import AmlfsError, RegistryError
 from ..registry import DatastoreConfig, Registry, resolve_registry_path
 
@@ -55,14 +55,20 @@ class AppContext:
 
 
 class AmlfsGroup(click.Group):
-    """Turns every expected failure into one line on stderr and an exit code: 1 for runtime
-    failures, 2 for bad usage or a bad registry. Tracebacks only with --debug."""
+    """Turns every expected failure into one line on stderr and an exit code, the one rule for
+    every command: 0 success; 1 a runtime failure (auth, network, a service error, some files
+    failed); 2 bad usage: a bad option or location, an unknown datastore, a bad or missing
+    registry, a path that does not exist (in the datastore or on this machine). Tracebacks only
+    with --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (AmlfsError, BackendError) as e:
-            code = e.exit_code if isinstance(e, AmlfsError) else 1
+            if isinstance(e, AmlfsError):
+                code = e.exit_code
+            else:
+                code = 2 if isinstance(e, NotFound) else 1
             debug = isinstance(ctx.obj, AppContext) and ctx.obj.debug
             if debug:
                 log.exception("failed")
@@ -73,7 +79,14 @@ class AmlfsGroup(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=AmlfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=AmlfsGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="\b\nExamples:\n"
+    "  amlfs upload data/ :datasets/v1\n"
+    "  amlfs mount training:images /mnt/images\n"
+    "  amlfs COMMAND --help    (man amlfs for everything)",
+)
 @click.option(
     "--registry",
     "registry_path",
@@ -85,7 +98,13 @@ class AmlfsGroup(click.Group):
 @click.version_option(package_name="amlfs")
 @click.pass_context
 def main(ctx: click.Context, registry_path: str | None, debug: bool) -> None:
-    """amlfs: Azure ML datastores as local directories (mount, stage, upload, download, run)."""
+    """amlfs: Azure ML datastores as local directories (mount, stage, upload, download, run).
+
+    A location is DATASTORE[:PATH], :PATH (the default datastore) or
+    azureml://datastores/NAME/paths/PATH. Exit status: 0 success, 1 a runtime failure, 2 bad
+    usage (including a path that does not exist). Shell completion for bash:
+    eval "$(_AMLFS_COMPLETE=bash_source amlfs)" (zsh_source, fish_source for the others).
+    """
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -97,3 +116,8 @@ def main(ctx: click.Context, registry_path: str | None, debug: bool) -> None:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: the examples that end its --help (kept as written, not rewrapped)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -11,10 +11,10 @@ import click
 
 from ..errors import AmlfsError, UsageError
 from ..logs import FILE, JOURNAL, find_target, follow, journal_command, tail_lines
-from .common import main
+from .common import examples, main
 
 
-@main.command("logs")
+@main.command("logs", epilog=examples("amlfs logs /mnt/data", "amlfs logs -n 50 -f /mnt/data"))
 @click.argument("mountpoint", type=click.Path())
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines (Ctrl-C).")
 @click.option(
@@ -30,11 +30,6 @@ def logs(mountpoint: str, follow_: bool, lines: int | None) -> None:
     A daemon logs to the journal when systemd runs it, to --log-file when given, else to
     $XDG_STATE_HOME/amlfs/logs/MOUNT.log (~/.local/state/amlfs/logs), rotated at 4 MiB with three
     old files kept. `amlfs mounts` shows where each mount logs.
-
-    \b
-    Examples:
-      amlfs logs /mnt/data
-      amlfs logs -n 50 -f /mnt/data
     """
     where = os.path.realpath(os.path.abspath(os.path.expanduser(mountpoint)))
     target = find_target(where)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import click
 
 from ..errors import UsageError
-from .common import AppContext, main, pass_app
+from .common import AppContext, examples, main, pass_app
 
 # FUSE and kernel mount options passed through to libfuse as they are.
 _FUSE_FLAGS = {
@@ -65,7 +65,14 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     return out
 
 
-@main.command("mount")
+@main.command(
+    "mount",
+    epilog=examples(
+        "amlfs mount training:images /mnt/images",
+        "amlfs mount --immutable --cache-size 4G :datasets/v1 /mnt/v1",
+        "amlfs mount -o allow_other,registry=/etc/amlfs/datastores.yaml training: /mnt/training",
+    ),
+)
 @click.argument("source", metavar="DATASTORE[:PATH]")
 @click.argument("mountpoint")
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (for systemd, debugging).")
@@ -213,7 +220,9 @@ def _configure_daemon_logging(debug: bool, log_file: str | None, mountpoint: str
     configure_daemon(mountpoint, debug, log_file)
 
 
-@main.command("unmount")
+@main.command(
+    "unmount", epilog=examples("amlfs unmount /mnt/images", "amlfs unmount --lazy /mnt/images")
+)
 @click.argument("mountpoint", type=click.Path())
 @click.option("-z", "--lazy", is_flag=True, help="Detach now, even while files are open.")
 def unmount(mountpoint: str, lazy: bool) -> None:
@@ -223,7 +232,7 @@ def unmount(mountpoint: str, lazy: bool) -> None:
     control.unmount(mountpoint, lazy=lazy)
 
 
-@main.command("mounts")
+@main.command("mounts", epilog=examples("amlfs mounts", "amlfs mounts --json"))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per mount.")
 def mounts(as_json: bool) -> None:
     """List amlfs mounts: datastore, path, mountpoint, daemon pid, state, where it logs."""
@@ -266,7 +275,7 @@ def mounts(as_json: bool) -> None:
         )
 
 
-@main.command("stats")
+@main.command("stats", epilog=examples("amlfs stats /mnt/images", "amlfs stats --json /mnt/images"))
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The raw JSON document.")
 def stats(mountpoint: str, as_json: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..stage import stage
-from .common import AppContext, main, pass_app
+from .common import AppContext, examples, main, pass_app
 from .transfer import (
     block_size_option,
     fsync_option,
@@ -17,7 +17,14 @@ from .transfer import (
 )
 
 
-@main.command("stage")
+@main.command(
+    "stage",
+    epilog=examples(
+        "amlfs stage training:images /data/images",
+        "amlfs stage --delete --dry-run :datasets/v1 /data/v1",
+        "amlfs stage --verify --workers 64 azureml://datastores/training/paths/images /data/images",
+    ),
+)
 @click.argument("src")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--delete", is_flag=True, help="Remove local files that no longer exist remotely.")
@@ -45,7 +52,7 @@ def stage_cmd(
     """Make DEST hold exactly the files under SRC (DATASTORE[:PATH] or azureml://...).
 
     Files unchanged since the last stage (same remote ETag and size, local copy untouched) are
-    skipped; an interrupted stage resumes where it stopped. A missing PATH is an error (exit 1);
+    skipped; an interrupted stage resumes where it stopped. A missing PATH is an error (exit 2);
     exit 1 also when any file failed, after copying all the others.
     """
     bs = parse_size(block_size)

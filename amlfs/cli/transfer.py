@@ -14,7 +14,7 @@ import click
 from .. import units
 from ..progress import summary_line
 from ..transfer import TransferResult, download, upload_dir, upload_files
-from .common import AppContext, main, pass_app
+from .common import AppContext, examples, main, pass_app
 
 #: failures listed on stderr before "... and N more"
 MAX_LISTED = 20
@@ -84,7 +84,12 @@ def report(result: TransferResult, verb: str = "copied") -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.command(
+    epilog=examples(
+        "amlfs upload data/ training:datasets/v1",
+        "amlfs upload --overwrite labels.csv :datasets/v1",
+    )
+)
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dest")
 @click.option("--overwrite", is_flag=True, help="Replace remote files that exist.")
@@ -119,7 +124,13 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
     report(result, "uploaded")
 
 
-@main.command("download")
+@main.command(
+    "download",
+    epilog=examples(
+        "amlfs download training:datasets/v1 ./v1",
+        "amlfs download --overwrite :datasets/v1/labels.csv .",
+    ),
+)
 @click.argument("src")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace local files that exist.")
