@@ -136,6 +136,16 @@ class Fetch:
         return f"<Fetch {self.extent!r} priority={self.priority} started={self.started}>"
 
 
+@dataclass
+class Ensured:
+    """What `DataPath.ensure` did: the extents covering the range (ready or in flight), the
+    fetches the caller now co-owns, and where a prefetch was refused (None: it was not)."""
+
+    extents: list[Extent]
+    fetches: list[Fetch]
+    refused_at: int | None = None
+
+
 class _FilesPrefetch:
     """The owner of small-file prefetches (no handle owns them; closing one does not cancel)."""
 
@@ -164,7 +174,7 @@ class DataPath:
         self._files_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
         self._files_owner = _FilesPrefetch()
         self._files_pending = 0
-        self._streams: set[FileReader] = set()  # open handles reading sequentially
+        self._streams: set[object] = set()  # open handles reading sequentially
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         #: told (path, etag) when a fetch finds the object changed (HTTP 412)
@@ -224,23 +234,30 @@ class DataPath:
         return max(1, min(self.config.max_window, self.budget.capacity // 4, share))
 
     def ensure(
-        self, reader: FileReader, start: int, end: int, priority: int, need: int | None = None
-    ) -> list[Extent] | None:
-        """The extents covering [start, end) of the reader's file, starting fetches for the holes
-        (split at block boundaries). A DEMAND range is sized down to what the budget holds, but
-        never below [start, need); a PREFETCH that does not fit is refused: None at the first
-        refusal (what was started before it keeps going)."""
+        self,
+        owner: object,
+        path: str,
+        etag: str | None,
+        start: int,
+        end: int,
+        priority: int,
+        need: int | None = None,
+    ) -> Ensured:
+        """The extents covering [start, end) of `path` at `etag`, starting fetches for the holes
+        (split at block boundaries) on behalf of `owner`. A DEMAND range is sized down to what
+        the budget holds, but never below [start, need); a PREFETCH that does not fit is refused
+        (`refused_at`: what was started before it keeps going)."""
         if priority == DEMAND and need is not None and end > need:
             room = max(MIN_DEMAND, min(self.window_cap(), self.budget.available()))
             end = max(need, min(end, start + room))
-        out: list[Extent] = []
+        out = Ensured([], [])
         bs = self.config.block_size
-        for item in self.cache.cover(reader.path, reader.etag, start, end):
+        for item in self.cache.cover(path, etag, start, end):
             if isinstance(item, Extent):
                 if item.fetch is not None:
-                    item.fetch.owners.add(reader)
-                    reader._owned.add(item.fetch)
-                out.append(item)
+                    item.fetch.owners.add(owner)
+                    out.fetches.append(item.fetch)
+                out.extents.append(item)
                 continue
             lo, hi = item
             while lo < hi:
@@ -248,15 +265,22 @@ class DataPath:
                 if priority == DEMAND:
                     self.budget.take("inflight", stop - lo)
                 elif not self.budget.try_take("inflight", stop - lo):
-                    reader._readahead.on_refused(lo)
                     self.stats.incr("prefetch_refused")
-                    return None
-                fetch = self._new_fetch(reader.path, reader.etag, lo, stop, priority)
-                fetch.owners.add(reader)
-                reader._owned.add(fetch)
-                out.append(fetch.extent)
+                    out.refused_at = lo
+                    return out
+                fetch = self._new_fetch(path, etag, lo, stop, priority)
+                fetch.owners.add(owner)
+                out.fetches.append(fetch)
+                out.extents.append(fetch.extent)
                 lo = stop
         return out
+
+    def streaming(self, reader: object, on: bool) -> None:
+        """Count `reader` among the sequential readers that share the budget (or stop)."""
+        if on:
+            self._streams.add(reader)
+        else:
+            self._streams.discard(reader)
 
     # --- fetch scheduling (trio thread only) ---------------------------------------------------
 
@@ -277,7 +301,7 @@ class DataPath:
         fetch.started = False
         self._nursery.start_soon(self._fetch_task, fetch, scope)
 
-    def _promote(self, fetch: Fetch) -> None:
+    def promote(self, fetch: Fetch) -> None:
         """A reader waits for `fetch`: if it still queues at prefetch priority, requeue it."""
         if fetch.priority == DEMAND:
             return
@@ -287,7 +311,7 @@ class DataPath:
             fetch.scope.cancel()
             self._spawn(fetch)
 
-    def _release(self, fetch: Fetch, owner: object) -> None:
+    def release(self, fetch: Fetch, owner: object) -> None:
         """`owner` no longer wants `fetch`: cancel it if nobody else does."""
         fetch.owners.discard(owner)
         ext = fetch.extent
@@ -315,13 +339,10 @@ class DataPath:
             self.budget.give("inflight", fetch.extent.size)
 
     def _disown(self, fetch: Fetch) -> None:
-        """`fetch` is over (ready or failed): nobody owns it any more."""
+        """`fetch` is over (ready or failed): nobody owns it any more (its owners notice)."""
         if fetch.files:
             fetch.files = False
             self._files_pending -= 1
-        for owner in fetch.owners:
-            if isinstance(owner, FileReader):
-                owner._owned.discard(fetch)
         fetch.owners.clear()
 
     async def _fetch_task(self, fetch: Fetch, scope: trio.CancelScope) -> None:
@@ -502,16 +523,18 @@ class FileReader:
         demand: list[Extent] | None = None
         if data is None:
             lo, hi = min(offset, advice.demand[0]), max(end, advice.demand[1])
-            demand = dp.ensure(self, lo, hi, DEMAND, need=end)
+            demand = self._ensure(lo, hi, DEMAND, need=end).extents
             if not advice.random:
                 self._pin(demand)
         if self._pinned:
             self._unpin_passed(offset)
         for lo, hi in advice.prefetch:
-            ahead = dp.ensure(self, lo, hi, PREFETCH)
-            if ahead is None:
+            ahead = self._ensure(lo, hi, PREFETCH)
+            if ahead.refused_at is not None:
+                ra.on_refused(ahead.refused_at)
+                self._pin(ahead.extents)
                 break
-            self._pin(ahead)
+            self._pin(ahead.extents)
         if demand is None:
             return data  # type: ignore[return-value]
         needed = [e for e in demand if e.start < end and e.end > offset]
@@ -524,6 +547,13 @@ class FileReader:
         except BackendError as e:
             self._failed.append((offset, end, deadline, e))
             raise
+
+    def _ensure(self, lo: int, hi: int, priority: int, need: int | None = None) -> Ensured:
+        got = self._dp.ensure(self, self.path, self.etag, lo, hi, priority, need)
+        if len(self._owned) > 64:  # forget the fetches that are over
+            self._owned = {f for f in self._owned if f.pending}
+        self._owned.update(got.fetches)
+        return got
 
     def _deadline(self, offset: int, end: int) -> float:
         """When this request must be answered: `read_timeout` from now, or, for the kernel's
@@ -539,7 +569,7 @@ class FileReader:
         dp = self._dp
         waiting = [e.fetch for e in needed if e.fetch is not None]
         for fetch in waiting:
-            dp._promote(fetch)
+            dp.promote(fetch)
             fetch.waiters += 1
         try:
             for ext in needed:
@@ -551,7 +581,7 @@ class FileReader:
             for fetch in waiting:
                 fetch.waiters -= 1
                 if fetch.pending and not fetch.wanted:
-                    dp._release(fetch, self)
+                    dp.release(fetch, self)
         return dp.cache.assemble(needed, offset, end)
 
     def close(self) -> None:
@@ -561,10 +591,7 @@ class FileReader:
         self._stream(False)
 
     def _stream(self, on: bool) -> None:
-        if on:
-            self._dp._streams.add(self)
-        else:
-            self._dp._streams.discard(self)
+        self._dp.streaming(self, on)
 
     def _pin(self, extents: list[Extent] | None) -> None:
         for ext in extents or ():
@@ -584,10 +611,13 @@ class FileReader:
         nobody else wants, and unpin every extent this handle pinned."""
         dp = self._dp
         for fetch in list(self._owned):
+            if not fetch.pending:
+                self._owned.discard(fetch)
+                continue
             if queued_only and (fetch.started or fetch.priority == DEMAND):
                 continue
             self._owned.discard(fetch)
-            dp._release(fetch, self)
+            dp.release(fetch, self)
         for ext in self._pinned:
             dp.cache.unpin(ext)
         self._pinned.clear()
