@@ -46,7 +46,7 @@ from ..backends.base import (
     join,
 )
 from .budget import MemoryBudget
-from .datapath import BACKOFF_BASE, BACKOFF_MAX
+from .fetcher import BACKOFF_BASE, BACKOFF_MAX
 from .inodes import InodeTable, Node, Timeouts
 from .listings import DirStream, Listings
 from .readahead import WalkDetector
