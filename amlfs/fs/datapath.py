@@ -288,8 +288,9 @@ class FileReader:
             raise BackendError(
                 f"reading {self.path!r} timed out after {dp.config.read_timeout:g} s", self.path
             )
-        except BackendError as e:
-            self._failed.append((offset, end, deadline, e))
+        except BaseException as e:  # cancelled by an outer bound too: the kernel retries it
+            err = e if isinstance(e, BackendError) else BackendError("read cancelled", self.path)
+            self._failed.append((offset, end, deadline, err))
             raise
 
     def _ensure(self, lo: int, hi: int, priority: int, need: int | None = None) -> Ensured:
@@ -303,7 +304,9 @@ class FileReader:
         """When this request must be answered: `read_timeout` from now, or, for the kernel's
         retry of a request that just failed (an overlapping range), that request's deadline."""
         now = trio.current_time()
-        deadline = now + self._dp.config.read_timeout
+        # Inside an outer bound (the request's, set by the FUSE handler): end just before it, so
+        # the failure is recorded here with its own message.
+        deadline = min(now + self._dp.config.read_timeout, trio.current_effective_deadline() - 1e-3)
         for lo, hi, when, _ in self._failed:
             if lo < end and offset < hi and now < when + RETRY_GRACE:
                 deadline = min(deadline, when)
