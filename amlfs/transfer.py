@@ -210,6 +210,7 @@ class _CountingReader:
         self._f = f
         self._progress = progress
         self.count = 0
+        self.st_mode = os.fstat(f.fileno()).st_mode  # a local datastore keeps the mode bits
 
     def read(self, n: int = -1) -> bytes:
         b = self._f.read(n)
