@@ -45,15 +45,13 @@ def _map_oserror(e: OSError, path: str) -> BackendError:
 
 
 def _file_mode(stream: BinaryIO) -> int:
-    """The mode of a file written from `stream`: its source's permission bits (a `st_mode`
-    attribute, as the upload reader has, or the mode of the file behind `fileno()`) without
-    group/other write; 0644 less the umask when the source is not a file."""
-    mode = getattr(stream, "st_mode", None)
-    if mode is None:
-        try:
-            mode = os.fstat(stream.fileno()).st_mode
-        except (AttributeError, OSError, ValueError):
-            return 0o644 & ~_umask()
+    """The mode of a file written from `stream`: the permission bits of the file behind its
+    `fileno()` (an upload's source) without group/other write; 0644 less the umask when the
+    stream is not a file."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return 0o644 & ~_umask()
     return mode & 0o777 & ~0o022
 
 
