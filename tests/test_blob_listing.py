@@ -5,6 +5,7 @@ and continuation tokens -- on a tree with every oddity a flat namespace has."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 from azure.storage.blob import ContainerClient
@@ -171,3 +172,26 @@ def test_parse_listing_unescapes_and_decodes_names():
         [],
         "",
     )
+
+
+def test_stat_sends_head_and_list_at_once(tree, backends):
+    """The HEAD waits until the LIST has started: sequential requests would never get there."""
+    lean, _ = backends
+    listing = threading.Event()
+    head, has_children = lean._head, lean._has_children
+
+    def slow_head(rel):
+        assert listing.wait(5), "the LIST was not sent while the HEAD was in flight"
+        return head(rel)
+
+    def watched(rel):
+        listing.set()
+        return has_children(rel)
+
+    lean._head, lean._has_children = slow_head, watched
+    assert lean.stat("both").is_dir  # a blob and a prefix: the directory
+    listing.clear()
+    assert not lean.stat("top.txt").is_dir
+    listing.clear()
+    with pytest.raises(NotFound):
+        lean.stat("nothing/here")

@@ -1,11 +1,8 @@
 """The lean Blob fast path (ranged GET, flat listing): against Azurite with every credential form
 it accepts, and against a canned HTTP server for the protocol corners (stale keep-alive
-connections, chunked bodies, retries)."""
+connections, chunked bodies, retries); test_http_framing.py has the framing checks."""
 
 from __future__ import annotations
-
-import socket
-import threading
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
@@ -16,6 +13,7 @@ from amlfs.backends.base import Changed, NotFound
 from amlfs.backends.blobget import BlobFastPath, HttpStatusError
 
 from .azurite import ACCOUNT, KEY
+from .canned import CannedServer, chunked, partial, response
 
 NAMES = ["plain", "with space/x", "ünï/日本", "a+b", "p%20q", "h#sh", "q?uery", "x/y/z"]
 
@@ -84,84 +82,43 @@ def test_backend_maps_fast_path_errors(blob_config):
         backend.close()
 
 
-class CannedServer:
-    """Answers each request on a connection with the next canned response; a response of None
-    closes the connection without answering (what an idle keep-alive timeout looks like)."""
-
-    def __init__(self, responses: list[bytes | None]):
-        self.responses = list(responses)
-        self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while self.responses:
-            conn, _ = self.sock.accept()
-            with conn:
-                while self.responses:
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        more = conn.recv(65536)
-                        if not more:
-                            break
-                        data += more
-                    if not data:
-                        break
-                    self.requests.append(data)
-                    resp = self.responses.pop(0)
-                    if resp is None:
-                        break
-                    conn.sendall(resp)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-
-
 def test_stale_connection_is_replaced_and_chunked_listing_decoded():
     listing = (
         b'<?xml version="1.0"?><EnumerationResults><Blobs><Blob><Name Encoded="true">a%0Bb</Name>'
         b"<Properties><Content-Length>3</Content-Length><Etag>0x1</Etag></Properties>"
         b"</Blob></Blobs><NextMarker/></EnumerationResults>"
     )
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (listing[:50], listing[50:]))
-    server = CannedServer(
-        [
-            ok(b"abc"),
-            None,  # the pooled connection died while idle
-            ok(b"def"),
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n",
-        ]
-    )
-    fast = BlobFastPath(f"http://127.0.0.1:{server.port}/acct", "c", None)
-    try:
-        assert fast.read("x", 0, 3) == b"abc"
-        assert fast.read("x", 3, 3) == b"def"
-        [blob] = fast.list_flat("")
-        assert (blob.name, blob.size, blob.etag) == ("a\x0bb", 3, "0x1")
-        assert server.requests[0].startswith(b"GET /acct/c/x HTTP/1.1\r\n")
-        assert b"x-ms-range: bytes=3-5" in server.requests[2]
-    finally:
-        fast.close()
-        server.close()
+    script = [
+        partial(b"abc", 0, 6),
+        None,  # the pooled connection died while idle
+        partial(b"def", 3, 6),
+        chunked(listing, pieces=2),
+    ]
+    with CannedServer(script) as server:
+        fast = BlobFastPath(f"{server.url}/acct", "c", None)
+        try:
+            assert fast.read("x", 0, 3) == b"abc"
+            assert fast.read("x", 3, 3) == b"def"
+            [blob] = fast.list_flat("")
+            assert (blob.name, blob.size, blob.etag) == ("a\x0bb", 3, "0x1")
+            assert server.requests[0].startswith(b"GET /acct/c/x HTTP/1.1\r\n")
+            assert b"x-ms-range: bytes=3-5" in server.requests[2]
+            assert server.accepted == 2
+        finally:
+            fast.close()
 
 
 def test_service_errors_are_retried_then_raised():
-    busy = b"HTTP/1.1 503 Busy\r\nx-ms-error-code: ServerBusy\r\nContent-Length: 0\r\n\r\n"
-    missing = b"HTTP/1.1 404 NF\r\nx-ms-error-code: BlobNotFound\r\nContent-Length: 2\r\n\r\nno"
-    server = CannedServer([busy, ok(b"ok"), missing])
-    fast = BlobFastPath(f"http://127.0.0.1:{server.port}/a", "c", None, retry_backoff=0.01)
-    try:
-        assert fast.read("x", 0, 2) == b"ok"
-        with pytest.raises(HttpStatusError) as e:
-            fast.read("x", 0, 2)
-        assert (e.value.status_code, e.value.error_code) == (404, "BlobNotFound")
-        assert len(server.requests) == 3  # one connection, reused after each error body
-    finally:
-        fast.close()
-        server.close()
+    busy = response(503, headers={"x-ms-error-code": "ServerBusy"})
+    missing = response(404, b"no", {"x-ms-error-code": "BlobNotFound"})
+    with CannedServer([busy, partial(b"ok", 0, 2), missing]) as server:
+        fast = BlobFastPath(f"{server.url}/a", "c", None, retry_backoff=0.01)
+        try:
+            assert fast.read("x", 0, 2) == b"ok"
+            with pytest.raises(HttpStatusError) as e:
+                fast.read("x", 0, 2)
+            assert (e.value.status_code, e.value.error_code) == (404, "BlobNotFound")
+            assert len(server.requests) == 3
+            assert server.accepted == 1  # one connection, reused after each error body
+        finally:
+            fast.close()

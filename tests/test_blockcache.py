@@ -1,31 +1,52 @@
-"""BlockCache: extent index, LRU within the byte budget, reservations, waiters, invalidation."""
+"""BlockCache and MemoryBudget: extent index, LRU within one budget, pins, streaming fills,
+waiters, invalidation."""
 
 from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from amlfs.backends.base import BackendError, Changed
 from amlfs.fs.blockcache import BlockCache, Extent
+from amlfs.fs.budget import MemoryBudget
 from amlfs.fs.stats import Stats
 
 KiB = 1024
 
 
-def fetch(cache: BlockCache, path: str, start: int, end: int, prefetch=False, etag='"e"'):
-    """Reserve, register and complete an extent whose bytes are `bytes([start % 256]) * n`."""
+def cache_of(capacity: int, stats: Stats | None = None) -> BlockCache:
+    stats = stats or Stats()
+    return BlockCache(MemoryBudget(capacity, stats), stats)
+
+
+def charge(c: BlockCache, n: int, prefetch: bool) -> bool:
+    """As the data path does: a prefetch must fit, a reader's fetch is taken anyway."""
     if prefetch:
-        assert cache.try_reserve(end - start)
+        return c.budget.try_take("inflight", n)
+    c.budget.take("inflight", n)
+    return True
+
+
+def land(c: BlockCache, ext: Extent) -> None:
+    """Complete `ext` with `bytes([start % 256]) * n`, settling its charge as the data path does."""
+    if c.complete(ext, bytearray([ext.start % 256]) * ext.size):
+        c.budget.move("inflight", "cache", ext.size)
+        c.budget.settle()
     else:
-        cache.reserve(end - start)
-    ext = cache.add_pending(path, etag, start, end, prefetch)
-    cache.complete(ext, bytes([start % 256]) * (end - start))
+        c.budget.give("inflight", ext.size)
+
+
+def fetch(c: BlockCache, path: str, start: int, end: int, prefetch=False, etag='"e"') -> Extent:
+    assert charge(c, end - start, prefetch)
+    ext = c.add(path, etag, start, end, prefetch)
+    land(c, ext)
     return ext
 
 
 def test_get_assembles_contiguous_extents_and_counts_hits_and_misses():
     stats = Stats()
-    c = BlockCache(1024 * KiB, stats)
+    c = cache_of(1024 * KiB, stats)
     fetch(c, "f", 0, 100)
     fetch(c, "f", 100, 250)
     assert c.get("f", '"e"', 50, 150) == b"\x00" * 50 + b"\x64" * 50
@@ -34,125 +55,152 @@ def test_get_assembles_contiguous_extents_and_counts_hits_and_misses():
     assert c.get("f", '"other"', 0, 10) is None  # another version
     assert c.get("g", '"e"', 0, 10) is None
     assert stats.counters["cache_hits"] == 2 and stats.counters["cache_misses"] == 3
-    assert stats.counters["bytes_fetched"] == 250
     assert stats.counters["cache_bytes"] == 250
+    assert c.budget.used["cache"] == 250 and c.budget.used["inflight"] == 0
 
 
 def test_cover_lists_extents_and_holes_in_order():
-    c = BlockCache(1024 * KiB, Stats())
+    c = cache_of(1024 * KiB)
     a = fetch(c, "f", 100, 200)
-    c.reserve(100)
-    b = c.add_pending("f", '"e"', 300, 400, prefetch=False)  # in flight
+    charge(c, 100, False)
+    b = c.add("f", '"e"', 300, 400, prefetch=False)  # in flight
     assert c.cover("f", '"e"', 0, 500) == [(0, 100), a, (200, 300), b, (400, 500)]
     assert c.cover("f", '"e"', 150, 350) == [a, (200, 300), b]
     assert c.cover("f", '"e"', 210, 290) == [(210, 290)]
     assert c.cover("f", '"x"', 0, 10) == [(0, 10)]
-    assert c.get("f", '"e"', 300, 310) is None  # in flight is not a hit
+    assert c.get("f", '"e"', 300, 310) is None  # in flight, nothing arrived: not a hit
 
 
 def test_lru_evicts_least_recently_used_within_the_budget():
-    c = BlockCache(300, Stats())
+    c = cache_of(300)
     fetch(c, "f", 0, 100)
     fetch(c, "f", 100, 200)
     fetch(c, "f", 200, 300)
     c.get("f", '"e"', 0, 10)  # touch the first: the second is now the oldest
     fetch(c, "g", 0, 100)
-    assert c.resident == 300
+    assert c.resident == 300 and c.budget.total == 300
     assert c.get("f", '"e"', 0, 10) is not None
     assert c.get("f", '"e"', 100, 110) is None
     assert c.cover("f", '"e"', 100, 200) == [(100, 200)]  # evicted from the index too
 
 
-def test_reservations_count_against_the_budget():
-    c = BlockCache(300, Stats())
-    fetch(c, "f", 0, 200)
-    assert c.try_reserve(200)  # evicts the cached extent to make room
-    assert c.resident == 0 and c.reserved == 200
-    assert c.try_reserve(100)
-    assert not c.try_reserve(1)  # in flight fills the budget: refused, never blocks
-    c.reserve(50)  # a reader's own fetch may overshoot
-    assert c.reserved == 350
-
-
-def test_unread_prefetch_is_protected_until_read_or_given_up():
+def test_prefetch_never_overdraws_and_a_waiting_read_does_by_at_most_itself():
     stats = Stats()
-    c = BlockCache(300, stats)
-    ext = fetch(c, "f", 0, 200, prefetch=True)
-    assert ext.promised and c.unread_prefetch == 200
-    assert not c.try_reserve(150)  # 200 owed to a reader + 150 > 300
+    c = cache_of(300, stats)
+    fetch(c, "f", 0, 200)
+    assert c.budget.try_take("inflight", 200)  # evicts the cached extent to make room
+    assert c.resident == 0 and c.budget.used["inflight"] == 200
+    assert c.budget.try_take("inflight", 100)
+    assert not c.budget.try_take("inflight", 1)  # in flight fills the budget: refused
+    assert c.budget.total == 300
+    c.budget.take("inflight", 50)  # a waiting reader's fetch is granted anyway, and counted
+    assert c.budget.total == 350 and stats.counters["budget_overdrawn"] == 1
+    assert c.budget.available() == 0
+
+
+def test_pinned_extents_are_never_evicted_until_unpinned():
+    stats = Stats()
+    c = cache_of(300, stats)
+    charge(c, 200, True)
+    ahead = c.add("f", '"e"', 0, 200, prefetch=True)
+    c.pin(ahead)  # fetched ahead for a reader: pinned while in flight and after
+    land(c, ahead)
+    assert c.budget.available() == 100  # only the free part: nothing evictable
+    assert not c.budget.try_take("inflight", 150)  # another reader's prefetch cannot evict it
     assert c.get("f", '"e"', 0, 10) is not None
     assert stats.counters["prefetch_hits"] == 1
-    assert c.unread_prefetch == 0 and not ext.promised
-    assert c.try_reserve(150)  # now it is an ordinary LRU entry, evictable
-    assert stats.counters["prefetch_hits"] == 1  # counted once per extent
-
-    gone = []
-    c2 = BlockCache(300, Stats())
-    c2.on_unpromise = gone.append
-    e2 = fetch(c2, "f", 0, 100, prefetch=True)
-    c2.unpromise(e2)
-    assert gone == [e2] and c2.unread_prefetch == 0
+    c.unpin(ahead)  # the reader passed it: an ordinary LRU entry
+    assert c.budget.try_take("inflight", 150)
+    assert c.resident == 0 and stats.counters["prefetch_hits"] == 1
 
 
-def test_an_extent_larger_than_the_budget_is_handed_over_not_cached():
-    c = BlockCache(100, Stats())
-    c.reserve(200)
-    ext = c.add_pending("f", '"e"', 0, 200, prefetch=False)
-    c.complete(ext, b"x" * 200)
-    assert ext.data == b"x" * 200 and not ext.cached
-    assert c.resident == 0 and c.reserved == 0
+def test_an_overdraw_is_evicted_back_when_the_fetch_lands():
+    c = cache_of(100)
+    charge(c, 200, False)
+    ext = c.add("f", '"e"', 0, 200, prefetch=False)
+    land(c, ext)  # larger than the whole budget: the reader gets it, the cache keeps nothing
+    assert ext.data == b"\x00" * 200 and not ext.cached
+    assert c.resident == 0 and c.budget.total == 0
     assert c.cover("f", '"e"', 0, 200) == [(0, 200)]
+
+
+def test_a_filling_extent_serves_the_bytes_that_arrived_and_wakes_its_readers():
+    async def main():
+        c = cache_of(1024 * KiB)
+        charge(c, 100, False)
+        ext = c.add("f", '"e"', 0, 100, prefetch=False)
+        ext.data = bytearray(100)
+        woke = []
+
+        async def wait(end):
+            await ext.wait_filled(end)
+            woke.append(end)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(wait, 30)
+            n.start_soon(wait, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            ext.data[:40] = b"x" * 40
+            ext.advance(40)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == [30]
+            assert c.get("f", '"e"', 0, 40) == b"x" * 40  # final bytes: a hit already
+            assert c.get("f", '"e"', 0, 41) is None
+            land(c, ext)
+        assert woke == [30, 100]
+
+    trio.run(main)
 
 
 def test_waiters_wake_with_data_or_with_the_error_and_failures_are_not_cached():
     async def main():
-        c = BlockCache(1024 * KiB, Stats())
-        c.reserve(100)
-        ok = c.add_pending("f", '"e"', 0, 100, prefetch=False)
-        c.reserve(100)
-        bad = c.add_pending("f", '"e"', 100, 200, prefetch=False)
+        c = cache_of(1024 * KiB)
+        charge(c, 200, False)
+        ok = c.add("f", '"e"', 0, 100, prefetch=False)
+        bad = c.add("f", '"e"', 100, 200, prefetch=False)
         seen = []
 
         async def wait(ext: Extent):
             await ext.done.wait()
-            seen.append((ext.start, ext.data, type(ext.error)))
+            seen.append((ext.start, bytes(ext.data or b""), type(ext.error)))
 
         async with trio.open_nursery() as n:
             for ext in (ok, ok, bad, bad):
                 n.start_soon(wait, ext)
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             assert seen == []
-            c.complete(ok, b"a" * 100)
+            c.budget.give("inflight", 100)
+            land(c, ok)
             c.fail(bad, Changed("changed", "f"))
         assert sorted(seen, key=lambda s: s[0]) == [
-            (0, b"a" * 100, type(None)),
-            (0, b"a" * 100, type(None)),
-            (100, None, Changed),
-            (100, None, Changed),
+            (0, b"\x00" * 100, type(None)),
+            (0, b"\x00" * 100, type(None)),
+            (100, b"", Changed),
+            (100, b"", Changed),
         ]
-        assert c.reserved == 0
+        assert c.budget.used["inflight"] == 0
         assert c.cover("f", '"e"', 0, 200) == [ok, (100, 200)]
 
     trio.run(main)
 
 
 def test_forget_drops_every_version_and_detaches_in_flight_fetches():
-    c = BlockCache(1024 * KiB, Stats())
+    c = cache_of(1024 * KiB)
     fetch(c, "f", 0, 100, etag='"1"')
     fetch(c, "f", 0, 100, etag='"2"')
     fetch(c, "g", 0, 100)
-    c.reserve(100)
-    pending = c.add_pending("f", '"2"', 100, 200, prefetch=True)
+    charge(c, 100, True)
+    pending = c.add("f", '"2"', 100, 200, prefetch=True)
     c.forget("f")
     assert c.resident == 100  # only g left
     assert c.cover("f", '"2"', 0, 200) == [(0, 200)]
-    c.complete(pending, b"z" * 100)  # its waiters get the bytes; nothing is cached
-    assert pending.data == b"z" * 100 and not pending.cached
-    assert c.resident == 100 and c.reserved == 0 and c.unread_prefetch == 0
+    land(c, pending)  # its waiters get the bytes; nothing is cached
+    assert pending.data == b"\x64" * 100 and not pending.cached
+    assert c.resident == 100 and c.budget.total == 100
 
 
 def test_forget_one_version_keeps_the_others():
-    c = BlockCache(1024 * KiB, Stats())
+    c = cache_of(1024 * KiB)
     fetch(c, "f", 0, 100, etag='"1"')
     fetch(c, "f", 0, 100, etag='"2"')
     c.forget("f", '"1"', all_versions=False)
@@ -161,18 +209,18 @@ def test_forget_one_version_keeps_the_others():
 
 
 def test_extent_repr_and_errors_carry_no_data():
-    c = BlockCache(1024, Stats())
-    c.reserve(10)
-    ext = c.add_pending("dir/f", '"e"', 0, 10, prefetch=False)
+    c = cache_of(1024)
+    charge(c, 10, False)
+    ext = c.add("dir/f", '"e"', 0, 10, prefetch=False)
     assert repr(ext) == "<Extent 'dir/f' [0, 10) pending>"
     c.fail(ext, BackendError("boom", "dir/f"))
     assert "failed" in repr(ext)
-    with pytest.raises(KeyError):
-        BlockCache(1, Stats())._lru.popitem()
+    with pytest.raises(ValueError):
+        MemoryBudget(0)
 
 
 def test_a_read_inside_one_extent_is_a_read_only_view_that_outlives_eviction():
-    c = BlockCache(200, Stats())
+    c = cache_of(200)
     ext = fetch(c, "f", 0, 100)
     view = c.get("f", '"e"', 10, 20)
     assert isinstance(view, memoryview) and view.readonly

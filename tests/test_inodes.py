@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyfuse3
 
 from amlfs.backends.base import ObjectInfo
-from amlfs.fs.inodes import FOREVER, InodeTable, Listing, Timeouts, WalkDetector
+from amlfs.fs.inodes import FOREVER, InodeTable, Listing, Timeouts
+from amlfs.fs.readahead import WalkDetector
 
 
 class Clock:
@@ -94,14 +95,28 @@ def test_older_information_does_not_overwrite_newer():
     assert n.info.size == 1
 
 
-def test_etag_change_is_reported_with_the_old_info():
+def test_a_new_version_is_a_new_inode_and_the_old_one_stays_for_its_handles():
     changed = []
     t = table(on_changed=changed.append)
-    t.remember(f("pre/a", etag='"1"'))
-    t.update(f("pre/a", etag='"1"'))
+    old = t.remember(f("pre/a", etag='"1"'))
+    assert t.update(f("pre/a", etag='"1"')) is old
     assert changed == []
-    t.update(f("pre/a", etag='"2"'))
-    assert [c.etag for c in changed] == ['"1"']
+    new = t.update(f("pre/a", etag='"2"'))
+    assert changed == [old] and new is not old and new.inode != old.inode
+    assert t.by_path("pre/a") is new
+    assert t.get(old.inode) is old and old.info.etag == '"1"'  # open handles keep their version
+    t.forget(old.inode, 1)
+    assert t.get(old.inode) is None and t.get(new.inode) is new
+
+
+def test_mark_stale_forces_a_revalidation_and_drops_the_parent_listing():
+    clock = Clock()
+    t = table(clock)
+    node = t.remember(f("pre/a"))
+    t.store_listing("pre", [f("pre/a")], clock.now)
+    assert t.is_fresh(node)
+    t.mark_stale(node)
+    assert not t.is_fresh(node) and t.listing("pre") is None
 
 
 def test_listing_cache_expires_and_is_bounded():

@@ -581,3 +581,54 @@ def test_read_ahead_is_set_on_the_mounts_bdi(local_mounts, local_config):
     assert control.read_facts(str(mp2))["read_ahead"] is None
     r = local_mounts.cli("mount", "--read-ahead", "2T", "loc:", str(local_mounts.mountpoint("m3")))
     assert r.returncode == 2 and "bad --read-ahead" in r.stderr
+
+
+def test_a_changed_file_is_a_new_version_at_the_next_open(local_mounts, local_config):
+    """Handles keep their version (or ESTALE); the next open sees the new object at once, not
+    after the attribute timeout (60 s here)."""
+    root = Path(local_config.path)
+    old, new = os.urandom(1 << 20), os.urandom(1 << 20)
+    (root / "f.bin").write_bytes(old)
+    mp = local_mounts.mount("loc:", "--attr-timeout", "60")
+    with open(mp / "f.bin", "rb", buffering=0) as f:
+        assert f.read(4096) == old[:4096]
+        ino = os.fstat(f.fileno()).st_ino
+        (root / "f.tmp").write_bytes(new)
+        os.replace(root / "f.tmp", root / "f.bin")
+        f.seek(len(old) - 4096)
+        with pytest.raises(OSError) as e:
+            f.read(4096)  # never the new bytes under the old handle
+        assert e.value.errno == errno.ESTALE
+    t0 = time.monotonic()
+    with open(mp / "f.bin", "rb") as f:
+        assert f.read() == new
+        assert os.fstat(f.fileno()).st_ino != ino  # an inode is one version
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_vanished_prefix_lists_as_an_empty_directory(local_mounts, local_config):
+    sub = Path(local_config.path, "sub")
+    sub.mkdir()
+    (sub / "f").write_bytes(b"x")
+    mp = local_mounts.mount("loc:sub", "--attr-timeout", "0.2", "--list-timeout", "0")
+    assert os.listdir(mp) == ["f"]
+    (sub / "f").unlink()
+    sub.rmdir()
+    time.sleep(0.3)  # past the attribute timeout of the root
+    assert os.path.isdir(mp) and os.listdir(mp) == []
+
+
+def test_a_cache_smaller_than_four_blocks_mounts_with_smaller_blocks(local_mounts, local_config):
+    Path(local_config.path, "f").write_bytes(b"y" * 100_000)
+    mp = local_mounts.mountpoint("small")
+    local_mounts.mounted.append(mp)
+    r = local_mounts.cli("mount", "--cache-size", "2M", "loc:", str(mp))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == (
+        "amlfs: --cache-size 2MiB holds fewer than 4 blocks of the default block size 8MiB:"
+        " using 512KiB blocks"
+    )
+    facts = control.read_facts(str(mp))
+    assert facts["block_size"] == 512 * 1024 and facts["cache_bytes"] == 2 << 20
+    assert facts["memory"]["capacity"] == 2 << 20
+    assert (mp / "f").read_bytes() == b"y" * 100_000

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 from pyfuse3 import FUSEError
 
 from amlfs.backends.base import BackendError, ObjectInfo, TrioBackend
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
 from amlfs.fs.datapath import DataPath, DataPathConfig
-from amlfs.fs.inodes import InodeTable, Timeouts
-from amlfs.fs.listings import ListingPrefetcher
+from amlfs.fs.inodes import Timeouts
 from amlfs.fs.operations import STATS_INODE, STATS_NAME, Operations, OperationsConfig
 from amlfs.fs.stats import Stats
 
@@ -309,26 +309,64 @@ def test_reads_are_byte_exact(store):
     assert ops.stats.counters["bytes_read"] == 3 * BLOCK + 5
 
 
-def test_keep_cache_only_while_the_etag_is_unchanged(store):
+def test_a_new_version_is_a_new_inode_with_its_own_page_cache(store):
+    invalidated = []
+
     async def t(ops: Operations):
+        ops.invalidate_entry = lambda parent, name: invalidated.append((parent, name))
         a = await lookup(ops, "a.txt")
         fi = await ops.open(a.st_ino, os.O_RDONLY)
-        assert not fi.keep_cache
-        await ops.release(fi.fh)
-        fi = await ops.open(a.st_ino, os.O_RDONLY)
-        assert fi.keep_cache
-        await ops.release(fi.fh)
+        assert fi.keep_cache  # an inode is one version: its pages stay valid while it lives
+        old_fh = fi.fh
         tmp = store / "a.new"
         tmp.write_bytes(b"changed!")
         os.replace(tmp, store / "a.txt")
         await trio.sleep(0.3)  # past the attribute timeout: open revalidates
-        fi = await ops.open(a.st_ino, os.O_RDONLY)
-        assert not fi.keep_cache
+        with pytest.raises(FUSEError) as e:
+            await ops.open(a.st_ino, os.O_RDONLY)  # the kernel then looks the name up again
+        assert errno_of(e) == errno.ESTALE
+        assert invalidated == [(ROOT, b"a.txt")]
+        b = await ops.lookup(ROOT, b"a.txt")
+        assert b.st_ino != a.st_ino and b.st_size == 8
+        fi = await ops.open(b.st_ino, os.O_RDONLY)
+        assert fi.keep_cache
         assert await ops.read(fi.fh, 0, 100) == b"changed!"
-        assert (await ops.getattr(a.st_ino)).st_size == 8
+        # The old inode still describes its own version, for the handles open on it.
+        assert (await ops.getattr(a.st_ino)).st_size == len(b"hello a")
+        assert (await ops.getattr(b.st_ino)).st_size == 8
         await ops.release(fi.fh)
+        await ops.release(old_fh)
 
     run(store, t, timeouts=Timeouts(attr=0.2, listing=0.2, negative=0.2))
+
+
+def test_a_read_refused_as_changed_makes_the_next_lookup_see_the_new_version(store):
+    size = 4 << 20
+    (store / "big.bin").write_bytes(os.urandom(size))
+    invalidated = []
+
+    async def t(ops: Operations):
+        ops.invalidate_entry = lambda parent, name: invalidated.append((parent, name))
+        b = await lookup(ops, "big.bin")
+        fi = await ops.open(b.st_ino, os.O_RDONLY)
+        await ops.read(fi.fh, 0, 4096)
+        new = os.urandom(size)
+        tmp = store / "big.new"
+        tmp.write_bytes(new)
+        os.replace(tmp, store / "big.bin")
+        with pytest.raises(FUSEError) as e:
+            await ops.read(fi.fh, size - 4096, 4096)
+        assert errno_of(e) == errno.ESTALE
+        # Long before the attribute timeout (30 s), the name is revalidated: no ESTALE loop.
+        assert invalidated == [(ROOT, b"big.bin")]
+        c = await ops.lookup(ROOT, b"big.bin")
+        assert c.st_ino != b.st_ino
+        fi2 = await ops.open(c.st_ino, os.O_RDONLY)
+        assert await ops.read(fi2.fh, size - 4096, 4096) == new[-4096:]
+        await ops.release(fi.fh)
+        await ops.release(fi2.fh)
+
+    run(store, t)
 
 
 def test_changed_object_mid_read_is_estale(store):
@@ -581,6 +619,7 @@ def test_a_reader_waits_for_a_background_listing_in_flight(tmp_path, kernel, mon
         fh = await ops.opendir(tree.st_ino)
         await kernel.readdir(ops, fh)
         await ops.releasedir(fh)
+        await trio.testing.wait_all_tasks_blocked()  # the background LISTs are in flight
         d0 = await ops.lookup(tree.st_ino, b"d00")
         fh = await ops.opendir(d0.st_ino)
         kernel.entries.clear()
@@ -628,49 +667,3 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
         assert ops.stats.counters.get("listing_prefetches", 0) == 0
 
     run(tmp_path, t, backend=backend, listing_prefetch=4)
-
-
-def test_listing_prefetcher_bounds_its_queue_and_concurrency():
-    table = InodeTable(ObjectInfo(path="", is_dir=True), Timeouts(attr=30, listing=30))
-    listed: list[str] = []
-    running = peak = 0
-
-    async def list_page(path: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await trio.sleep(0.01)
-        running -= 1
-        listed.append(path)
-        if token is None:  # two pages, and a subdirectory that must not be listed ahead
-            return [ObjectInfo(path=f"{path}/f", is_dir=False)], "next"
-        return [ObjectInfo(path=f"{path}/sub", is_dir=True)], None
-
-    stats = Stats()
-    prefetcher = ListingPrefetcher(table, list_page, stats, concurrency=2, queue=3, wait_timeout=5)
-    dirs = [ObjectInfo(path=f"d{i}", is_dir=True) for i in range(6)]
-
-    async def main() -> None:
-        assert not prefetcher.prefetch(dirs)  # not running: nothing considered
-        assert await prefetcher.wait_for("d0") is None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(prefetcher.run)
-            files = [ObjectInfo(path="plain", is_dir=False)]
-            assert prefetcher.prefetch(files + dirs)
-            assert prefetcher.pending == {"d0", "d1", "d2"}  # the queue's bound
-            listing = await prefetcher.wait_for("d2")
-            assert listing is not None
-            assert [e.path for e in listing.entries] == ["d2/f", "d2/sub"]
-            while prefetcher.pending:
-                await trio.sleep(0.001)
-            # Listed already: queued again only once its listing expires.
-            assert prefetcher.prefetch(dirs[:3]) and not prefetcher.pending
-            nursery.cancel_scope.cancel()
-        assert not prefetcher.prefetch(dirs)  # cancelled: off again
-
-    trio.run(main)
-    assert peak == 2
-    assert sorted(listed) == sorted(f"d{i}" for i in range(3) for _ in range(2))
-    assert table.listing("d0/sub") is None  # one level only
-    assert stats.counters["listing_prefetches"] == 3
-    assert stats.counters["listing_prefetch_waits"] == 1

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import binascii
+from typing import Any
 
 from ..errors import RegistryError
 from ..registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
 from .base import (
+    Abort,
+    Aborted,
     AlreadyExists,
     Backend,
     BackendError,
@@ -19,6 +22,8 @@ from .base import (
 )
 
 __all__ = [
+    "Abort",
+    "Aborted",
     "AlreadyExists",
     "Backend",
     "BackendError",
@@ -32,8 +37,15 @@ __all__ = [
 ]
 
 
-def open_backend(ds: DatastoreConfig, create_if_not_exists: bool = False) -> Backend:
-    """A Backend for the datastore `ds` (its container/share/filesystem created on request)."""
+def open_backend(
+    ds: DatastoreConfig, create_if_not_exists: bool = False, **options: Any
+) -> Backend:
+    """A Backend for the datastore `ds` (its container/share/filesystem created on request).
+
+    `options` go to every Azure backend's `from_config`: `retry_total=` (0: no retries inside
+    the backend, for a caller that retries itself within its own deadline), `retry_backoff=`,
+    `connection_timeout=`, `read_timeout=`. A local datastore ignores them.
+    """
     if ds.type == LOCAL:
         from .local import LocalBackend
 
@@ -42,7 +54,7 @@ def open_backend(ds: DatastoreConfig, create_if_not_exists: bool = False) -> Bac
         raise ValueError(f"unknown datastore type {ds.type!r}")
     else:
         try:
-            backend = _open_azure(ds)
+            backend = _open_azure(ds, **options)
         except binascii.Error:
             raise RegistryError(
                 f"datastore {ds.name!r}: credentials.account_key is not base64: copy the storage"
@@ -60,15 +72,15 @@ def open_backend(ds: DatastoreConfig, create_if_not_exists: bool = False) -> Bac
     return backend
 
 
-def _open_azure(ds: DatastoreConfig) -> Backend:
+def _open_azure(ds: DatastoreConfig, **options: Any) -> Backend:
     if ds.type == BLOB:
         from .blob import BlobBackend
 
-        return BlobBackend.from_config(ds)
+        return BlobBackend.from_config(ds, **options)
     if ds.type == FILE:
         from .fileshare import FileShareBackend
 
-        return FileShareBackend.from_config(ds)
+        return FileShareBackend.from_config(ds, **options)
     from .adls import AdlsBackend
 
-    return AdlsBackend.from_config(ds)
+    return AdlsBackend.from_config(ds, **options)

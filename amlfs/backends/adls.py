@@ -16,6 +16,7 @@ AuthorizationPermissionMismatch) are Forbidden, i.e. EACCES in the mount.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from azure.core import MatchConditions
@@ -37,10 +38,14 @@ from .azure import (
     quoted_etag,
     removed_on_failure,
     resolve,
+    retry_policy,
+    sdk_abort,
     temp_name,
     timestamp,
+    transport_timeouts,
 )
 from .base import (
+    Abort,
     AlreadyExists,
     BackendError,
     Changed,
@@ -72,7 +77,18 @@ class AdlsBackend(AzureBackend):
         self.block_size = block_size
 
     @classmethod
-    def from_config(cls, ds: DatastoreConfig, block_size: int = 8 * 1024 * 1024) -> AdlsBackend:
+    def from_config(
+        cls,
+        ds: DatastoreConfig,
+        block_size: int = 8 * 1024 * 1024,
+        *,
+        retry_total: int | None = None,
+        retry_backoff: float = 1.0,
+        connection_timeout: float = 10.0,
+        read_timeout: float | None = None,
+    ) -> AdlsBackend:
+        """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
+        SDK's default schedule, see client_options)."""
         if not ds.filesystem:
             raise RegistryError(
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
@@ -82,7 +98,12 @@ class AdlsBackend(AzureBackend):
             url,
             ds.filesystem,
             credential=sdk_credential(rc, ds.account_name),
-            **client_options(block_size, api_version=ds.api_version, connection_timeout=10),
+            **client_options(
+                block_size,
+                retry_policy(retry_total, retry_backoff),
+                api_version=ds.api_version,
+                **transport_timeouts(connection_timeout, read_timeout),
+            ),
         )
         return cls(fs, url=url, credential=rc, block_size=block_size)
 
@@ -148,13 +169,39 @@ class AdlsBackend(AzureBackend):
         return out, next_token
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        return self._read(normpath(path), offset, length, etag, {})
+
+    def read_range_into(
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+    ) -> int:
+        """Through the SDK, which reads a block whole: `progress` is called once, at the end;
+        `abort` is honoured as far as the SDK allows (see azure.sdk_abort: checked before each
+        request, the body read cut short, a stall before the headers runs to the timeout). After a cut body the
+        Blob SDK underneath pauses 1 s before its own retry, which the abort then stops."""
         rel = normpath(path)
+        with sdk_abort(abort, rel) as hooks:
+            data = self._read(rel, offset, len(buf), etag, hooks)
+        buf[: len(data)] = data
+        if progress is not None:
+            progress(len(data))
+        return len(data)
+
+    def _read(
+        self, rel: str, offset: int, length: int, etag: str | None, hooks: dict[str, Any]
+    ) -> bytes:
         if length <= 0:
             return b""
         fc = self.fs.get_file_client(rel)
-        cond: dict[str, Any] = {}
+        cond: dict[str, Any] = dict(hooks)
         if etag:
-            cond = {"etag": quoted_etag(etag), "match_condition": MatchConditions.IfNotModified}
+            cond.update(etag=quoted_etag(etag), match_condition=MatchConditions.IfNotModified)
         try:
             try:
                 dl = fc.download_file(offset=offset, length=length, **cond)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import random
 import re
@@ -39,6 +40,8 @@ from azure.storage.blob import ExponentialRetry
 from ..credentials import ResolvedCredential, account_url, redact, resolve_credential
 from ..registry import DatastoreConfig
 from .base import (
+    Abort,
+    Aborted,
     AlreadyExists,
     Backend,
     BackendError,
@@ -51,6 +54,7 @@ from .base import (
     Transient,
     normpath,
 )
+from .http import ProtocolError, shutdown
 
 T = TypeVar("T")
 
@@ -206,6 +210,19 @@ class BoundedRetry(AzureRetry):
         return self.backoff * 2**count * random.uniform(0.5, 1.0)
 
 
+def retry_policy(retry_total: int | None, backoff: float = 1.0) -> AzureRetry | None:
+    """A BoundedRetry of `retry_total` retries (0: none), or None for the default schedule."""
+    return None if retry_total is None else BoundedRetry(backoff, retry_total)
+
+
+def transport_timeouts(connection_timeout: float, read_timeout: float | None) -> dict[str, float]:
+    """The SDK transport's timeout keywords (a read timeout only when given)."""
+    out = {"connection_timeout": connection_timeout}
+    if read_timeout is not None:
+        out["read_timeout"] = read_timeout
+    return out
+
+
 def client_options(
     block_size: int, retry_policy: Any = None, api_version: str | None = None, **transport: Any
 ) -> dict[str, Any]:
@@ -247,6 +264,52 @@ def pooled_transport(
     return transport, session
 
 
+# --- cancelling an SDK download --------------------------------------------------------------------
+
+
+@contextmanager
+def sdk_abort(abort: Abort | None, path: str) -> Iterator[dict[str, Any]]:
+    """Keyword arguments for SDK calls (one download) that let `abort` stop them, as far as the
+    SDK allows: the abort is checked before every request the SDK sends (its retries included:
+    Aborted is no AzureError, so its retry policy lets it through), and once a response's
+    headers have arrived, cancelling shuts that response's socket down, cutting the body read
+    short. A stall before the response headers runs on to the SDK's read timeout (no socket is
+    known until then); the result is discarded. Raises Aborted when cancelled, whatever the SDK
+    raised instead."""
+    if abort is None:
+        yield {}
+        return
+    abort.check(path)
+    closers: list[Callable[[], None]] = []
+
+    def before(request: Any) -> None:
+        abort.check(path)
+
+    def after(response: Any) -> None:
+        sock = _response_socket(response)
+        if sock is not None:
+            closer = functools.partial(shutdown, sock)
+            closers.append(closer)
+            abort.attach(closer)
+
+    try:
+        yield {"raw_request_hook": before, "raw_response_hook": after}
+    except Exception:
+        if abort.cancelled:
+            raise Aborted(f"reading {path!r} was cancelled", path) from None
+        raise
+    finally:
+        for closer in closers:
+            abort.detach(closer)
+    abort.check(path)
+
+
+def _response_socket(pipeline_response: Any) -> Any:
+    """The socket under a requests-transport response (None for another transport)."""
+    raw = getattr(getattr(pipeline_response.http_response, "internal_response", None), "raw", None)
+    return getattr(getattr(raw, "connection", None), "sock", None)
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 
@@ -268,6 +331,7 @@ class Kind(enum.Enum):
     BROKE_OFF = enum.auto()  # a failure while reading a body (the downloader's own retries)
     HTTP = enum.auto()  # any other HTTP status
     API_VERSION = enum.auto()  # the service does not accept the x-ms-version sent
+    PROTOCOL = enum.auto()  # a response that does not answer the request (lean client)
     OTHER = enum.auto()
 
 
@@ -287,6 +351,7 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.BROKE_OFF: Transient,
     Kind.HTTP: BackendError,
     Kind.API_VERSION: UnsupportedVersion,
+    Kind.PROTOCOL: Transient,
     Kind.OTHER: BackendError,
 }
 TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)
@@ -343,6 +408,8 @@ def classify(
         return Kind.API_VERSION
     if status is not None and (status in TRANSIENT_STATUS or status >= 500):
         return Kind.FAILED
+    if isinstance(exc, ProtocolError):
+        return Kind.PROTOCOL
     if isinstance(exc, _NETWORK_ERRORS):
         return Kind.NETWORK
     if isinstance(exc, DecodeError):
@@ -455,6 +522,8 @@ class AzureBackend(Backend):
         """What a failure of `kind` says (this wording: the hierarchical backends')."""
         if kind is Kind.NETWORK and f.unresolved:
             return unresolved_message(self.description, f.unresolved)
+        if kind is Kind.PROTOCOL:
+            return f"{f.where}: bad response from the service: {f.text}"
         if kind in TRANSIENT_KINDS:
             return f"{f.where}: temporary failure ({f.reason})"
         if kind is Kind.API_VERSION:

@@ -5,6 +5,12 @@ many threads at once (the transfer engine's pool, the FUSE daemon's worker threa
 never calls it directly: it goes through `TrioBackend`, which runs each call in a worker thread
 under one `CapacityLimiter` -- the single place where blocking SDK calls meet trio.
 
+A blocking call can be cancelled from another thread through an `Abort`: its `cancel()` runs the
+closers the call attached (the lean HTTP client shuts its socket down), and the call raises
+`Aborted` promptly instead of retrying. `TrioBackend.call` cancels the abort when its trio task
+is cancelled, and tells the caller (`on_exit`, on the trio thread) when the worker thread has
+really finished, so that memory the thread writes into is given back only then.
+
 Paths are datastore-relative, '/'-separated, without a leading or trailing slash; '' is the root.
 """
 
@@ -12,15 +18,19 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import random
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import trio
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -80,6 +90,12 @@ class Transient(BackendError):
     errno = errno.EIO
 
 
+class Aborted(BackendError):
+    """The call was cancelled by its caller (Abort.cancel): not retried, not a storage failure."""
+
+    errno = errno.EINTR  # never reaches a user as such; the data path maps it
+
+
 class AlreadyExists(BackendError):
     errno = errno.EEXIST
 
@@ -135,6 +151,70 @@ def is_safe_relpath(path: str) -> bool:
 
 def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+# --- cancelling a blocking call from another thread ---------------------------------------------
+
+
+class Abort:
+    """Cancels one blocking backend call from another thread (thread-safe, idempotent).
+
+    The call attaches closers (e.g. a socket shutdown) while it blocks and detaches them before
+    it lets go of what they close; `cancel()` marks the abort and runs every attached closer
+    once. Closers run under the abort's lock, so once `detach` returns the closer is not running
+    and never will: a closer may not call back into its Abort, and must be quick (no I/O wait).
+    """
+
+    __slots__ = ("cancelled", "_closers", "_lock", "_event")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._closers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Mark cancelled and run every attached closer once (later cancels do nothing)."""
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            self._event.set()
+            closers, self._closers = self._closers, []
+            for closer in closers:
+                _run_closer(closer)
+
+    def attach(self, closer: Callable[[], None]) -> None:
+        """Run `closer` on cancel; at once if already cancelled."""
+        with self._lock:
+            if self.cancelled:
+                _run_closer(closer)
+            else:
+                self._closers.append(closer)
+
+    def detach(self, closer: Callable[[], None]) -> None:
+        """Forget `closer` (no error if it is not attached, or already ran)."""
+        with self._lock:
+            try:
+                self._closers.remove(closer)
+            except ValueError:
+                pass
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep that ends early on cancel (a retry's backoff)."""
+        self._event.wait(seconds)
+
+    def check(self, path: str | None = None) -> None:
+        """Raise Aborted if cancelled."""
+        if self.cancelled:
+            raise Aborted("the call was cancelled", path)
+
+
+def _run_closer(closer: Callable[[], None]) -> None:
+    try:
+        closer()
+    except Exception:  # a closer that fails has nothing left to close
+        log.debug("abort closer %r failed", closer, exc_info=True)
 
 
 # --- retry ---------------------------------------------------------------------------------------
@@ -203,13 +283,33 @@ class Backend(ABC):
         """
 
     def read_range_into(
-        self, path: str, offset: int, buf: memoryview, etag: str | None = None
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
     ) -> int:
         """`read_range` of len(buf) bytes into `buf`; the number of bytes read (fewer only at
         the end of the object). Backends that can receive straight into the buffer override it:
-        the transfer engine reuses one buffer per thread, saving an allocation and a copy."""
+        the transfer engine reuses one buffer per thread, saving an allocation and a copy.
+
+        `progress(n)` is called from the calling thread with the cumulative number of bytes
+        already in `buf` (monotonic; streaming backends call it at least every ~256 KiB and once
+        at the end). `abort` cancels the call from another thread: it raises Aborted and is
+        never retried. This default (SDK backends) can only check `abort` before and after the
+        whole request, and reports progress once, at the end.
+        """
+        if abort is not None:
+            abort.check(path)
         data = self.read_range(path, offset, len(buf), etag)
+        if abort is not None:
+            abort.check(path)
         buf[: len(data)] = data
+        if progress is not None:
+            progress(len(data))
         return len(data)
 
     def read_range_to_fd(
@@ -302,16 +402,74 @@ class Backend(ABC):
 class TrioBackend:
     """A Backend for trio code: every call runs in a worker thread under one CapacityLimiter.
 
-    This is the one place where blocking storage calls are bridged into trio.
+    This is the one place where blocking storage calls are bridged into trio. A cancelled caller
+    returns at once (the thread is abandoned); with an `abort`, the thread is told to stop too,
+    and it keeps its limiter slot until it has really finished.
     """
 
     def __init__(self, backend: Backend, max_threads: int = 32):
         self.sync = backend
         self.limiter = trio.CapacityLimiter(max_threads)
 
-    async def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self.limiter, abandon_on_cancel=True
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        abort: Abort | None = None,
+        on_exit: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """`fn(*args, **kwargs)` in a worker thread under the limiter (`abort` is not passed on).
+
+        If the calling task is cancelled meanwhile: `abort.cancel()`, and the wait is abandoned
+        (the caller returns at once). `on_exit()` runs once on the trio thread when the worker
+        thread has finished with `fn` (success, error, or after being abandoned) and its limiter
+        slot is free again; at once if `fn` never started; not at all if the trio run has ended.
+        """
+        slot = _Slot(self.limiter, on_exit)
+        lock = threading.Lock()
+        state = ["waiting"]  # -> "running" (by the thread) or "skipped" (by the caller)
+
+        def run() -> T:
+            with lock:
+                if state[0] == "skipped":
+                    raise Aborted("the call was cancelled before it started")
+                state[0] = "running"
+            return fn(*args, **kwargs)
+
+        try:
+            return await trio.to_thread.run_sync(run, limiter=slot, abandon_on_cancel=True)
+        except BaseException as e:
+            if abort is not None and not isinstance(e, Exception):  # trio.Cancelled and kin
+                abort.cancel()
+            with lock:
+                if state[0] == "waiting":
+                    state[0] = "skipped"
+            if not slot.acquired:  # no thread was started: nothing else will call on_exit
+                slot.exited()
+            raise
+
+    async def read_range_into(
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+        on_exit: Callable[[], None] | None = None,
+    ) -> int:
+        """`Backend.read_range_into` through `call`: the same `abort` stops the worker thread
+        when this task is cancelled, and `on_exit` says when the thread no longer writes `buf`."""
+        return await self.call(
+            functools.partial(self.sync.read_range_into, progress=progress, abort=abort),
+            path,
+            offset,
+            buf,
+            etag,
+            abort=abort,
+            on_exit=on_exit,
         )
 
     async def stat(self, path: str) -> ObjectInfo:
@@ -326,3 +484,33 @@ class TrioBackend:
         self, path: str, offset: int, length: int, etag: str | None = None
     ) -> bytes:
         return await self.call(self.sync.read_range, path, offset, length, etag)
+
+
+class _Slot:
+    """A CapacityLimiter as `trio.to_thread.run_sync` sees it, which calls `on_exit` on the trio
+    thread right after trio gives the slot back -- when the worker thread has really ended."""
+
+    __slots__ = ("limiter", "on_exit", "acquired")
+
+    def __init__(self, limiter: trio.CapacityLimiter, on_exit: Callable[[], None] | None):
+        self.limiter = limiter
+        self.on_exit = on_exit
+        self.acquired = False
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        await self.limiter.acquire_on_behalf_of(borrower)
+        self.acquired = True
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        try:
+            self.limiter.release_on_behalf_of(borrower)
+        finally:
+            self.exited()
+
+    def exited(self) -> None:
+        on_exit, self.on_exit = self.on_exit, None
+        if on_exit is not None:
+            try:
+                on_exit()
+            except Exception:
+                log.exception("on_exit callback %r failed", on_exit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from .azure import (
     unresolved_message,
 )
 from .base import (
+    Abort,
+    Aborted,
     AlreadyExists,
     BackendError,
     Forbidden,
@@ -54,7 +57,6 @@ from .base import (
     normpath,
 )
 from .blobget import BlobFastPath, HttpStatusError
-from .blobget import usable as blobget_usable
 from .bloblist import ListedPrefix
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,10 @@ class BlobBackend(AzureBackend):
         api_version: str | None = None,
     ):
         """`lean=False` keeps every request on the SDK (the lean client of blobget.py serves
-        ranged reads and listings otherwise, unless an HTTP proxy applies). `api_version`: the
-        x-ms-version to send (None: the SDK's newest; an emulator may want an older one)."""
+        ranged reads and listings otherwise, through a CONNECT tunnel where an HTTP proxy
+        applies). `retry_total=0`: no retries here, for a caller that retries itself.
+        `api_version`: the x-ms-version to send (None: the SDK's newest; an emulator may want an
+        older one)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -126,6 +130,8 @@ class BlobBackend(AzureBackend):
         # Uploads up to this size go in one Put Blob (read whole, so Content-MD5 can lead).
         self.single_put_size = upload_block_size
         self.page_size = PAGE_SIZE
+        self._side: ThreadPoolExecutor | None = None
+        self._side_lock = threading.Lock()
         transport, self._session = pooled_transport(
             max_connections, connection_timeout, read_timeout
         )
@@ -142,19 +148,20 @@ class BlobBackend(AzureBackend):
             ),
         )
         # Ranged reads and listings, the hot paths, bypass the SDK (see blobget.py).
-        self._fast = (
-            BlobFastPath(
-                self.account_url,
-                container,
-                sdk_cred,
-                timeout=read_timeout,
-                retry_total=retry_total,
-                retry_backoff=retry_backoff,
-                **({"api_version": api_version} if api_version else {}),
-            )
-            if lean and blobget_usable(self.account_url)
-            else None
-        )
+        self._fast: BlobFastPath | None = None
+        if lean:
+            try:
+                self._fast = BlobFastPath(
+                    self.account_url,
+                    container,
+                    sdk_cred,
+                    timeout=read_timeout,
+                    retry_total=retry_total,
+                    retry_backoff=retry_backoff,
+                    **({"api_version": api_version} if api_version else {}),
+                )
+            except ValueError as e:  # a proxy it cannot tunnel through: the SDK gets through
+                log.info("%s: reads go through the SDK: %s", self.description, e)
 
     @classmethod
     def from_config(
@@ -197,6 +204,7 @@ class BlobBackend(AzureBackend):
                 else f"{d}: {p}: network error ({f.type})"
             ),
             Kind.GARBLED: f"{d}: {p}: bad response ({f.what})",  # a truncated or garbled body
+            Kind.PROTOCOL: f"{d}: {p}: bad response: {f.text}",
             Kind.BROKE_OFF: f"{d}: {p}: the response broke off",
             Kind.HTTP: f"{d}: {p}: HTTP {f.what}",
             Kind.OTHER: f"{d}: {p}: {f.detail}",
@@ -240,16 +248,19 @@ class BlobBackend(AzureBackend):
             return None
 
     def stat(self, path: str) -> ObjectInfo:
+        """HEAD of the blob and a one-entry LIST of `path/`, sent at once (a name may be a blob,
+        a prefix, or both): one round trip, not two."""
         rel = normpath(path)
         if not rel:
             self._call(rel, lambda: next(self._cc.list_blobs(results_per_page=1).by_page(), None))
             return _dir_info("")
+        children = self._side_pool().submit(self._has_children, rel)
         props = self._call(rel, lambda: self._head(rel))
         if props is not None and _is_folder_marker(props.size, props.metadata):
             return _dir_info(rel, props)
         if props is not None:
             try:
-                shadowed = self._has_children(rel)
+                shadowed = children.result()
             except Exception as e:
                 err = self._map_error(e, rel)
                 if not isinstance(err, Forbidden):
@@ -259,9 +270,16 @@ class BlobBackend(AzureBackend):
                 self._both(rel)
                 return _dir_info(rel, props)
             return _file_info(rel, props)
-        if self._call(rel, lambda: self._has_children(rel)):
+        if self._call(rel, children.result):
             return _dir_info(rel)
         raise NotFound(f"no such file or directory: {rel!r}", rel)
+
+    def _side_pool(self) -> ThreadPoolExecutor:
+        """Threads for the LIST half of `stat` (created on first use)."""
+        with self._side_lock:
+            if self._side is None:
+                self._side = ThreadPoolExecutor(8, thread_name_prefix="amlfs-blob-stat")
+            return self._side
 
     def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
@@ -400,12 +418,25 @@ class BlobBackend(AzureBackend):
             raise self._map_error(e, rel) from None
 
     def read_range_into(
-        self, path: str, offset: int, buf: memoryview, etag: str | None = None
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
     ) -> int:
+        """Streams into `buf` on the lean path: `progress` as the body arrives, and `abort`
+        shuts the connection down (see Backend.read_range_into)."""
         if self._fast is None:
-            return super().read_range_into(path, offset, buf, etag)
+            return super().read_range_into(path, offset, buf, etag, progress=progress, abort=abort)
         fast = self._fast
-        return self._fast_read(path, len(buf), lambda rel: fast.read_into(rel, offset, buf, etag))
+        return self._fast_read(
+            path,
+            len(buf),
+            lambda rel: fast.read_into(rel, offset, buf, etag, progress=progress, abort=abort),
+        )
 
     def read_range_to_fd(
         self,
@@ -433,6 +464,8 @@ class BlobBackend(AzureBackend):
             if e.status_code == 416:  # offset at or past the end
                 return 0
             raise self._map_error(e, rel) from None
+        except Aborted:
+            raise Aborted(f"reading {rel!r} was cancelled", rel) from None
         except Exception as e:
             raise self._map_error(e, rel) from None
 
@@ -528,6 +561,8 @@ class BlobBackend(AzureBackend):
         self._call("", lambda: next(self._cc.list_blobs(results_per_page=1).by_page(), None))
 
     def close(self) -> None:
+        if self._side is not None:
+            self._side.shutdown(wait=False, cancel_futures=True)
         if self._fast is not None:
             self._fast.close()
         self._cc.close()

@@ -5,12 +5,14 @@ deserialisation) and copies every body several times; a stage of 2000 small file
 in the SDK than the service spent serving them, and deserialising a 5000-blob listing page takes
 ~0.9 s (bloblist.py parses one in ~50 ms). This module sends the same authenticated requests
 (SharedKey signature, SAS, or bearer token from the same credential objects the SDK takes) over
-persistent HTTP/1.1 connections, parses response heads by hand, and receives bodies straight into
-the caller's buffer. Everything else (uploads, metadata, container operations) stays on the SDK.
-Not used behind an HTTP proxy.
+persistent HTTP/1.1 connections (http.py: pool, proxy tunnel, framing checks) and receives
+bodies straight into the caller's buffer. Everything else (uploads, metadata, container
+operations) stays on the SDK.
 
-Failures are raised as `HttpStatusError` (status, x-ms-error-code) or `OSError`, shaped like the
-SDK's exceptions so that the backend maps both in one place.
+Concurrency: a BlobFastPath is thread-safe; each call blocks its thread, and an `Abort` ends a
+call from another thread. Failures are raised as `HttpStatusError` (status, x-ms-error-code),
+`ProtocolError` (a response that does not answer the request), `Aborted` or `OSError`, shaped
+like the SDK's exceptions so that the backend maps them in one place.
 """
 
 from __future__ import annotations
@@ -20,19 +22,27 @@ import hashlib
 import hmac
 import logging
 import os
-import random
-import socket
-import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
+from .base import Abort
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
+from .http import (
+    PIECE,
+    HttpClient,
+    HttpStatusError,
+    ProtocolError,
+    Response,
+    body_bytes,
+    body_into,
+    range_size,
+)
+
+__all__ = ["BlobFastPath", "HttpStatusError", "ProtocolError"]
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +50,8 @@ T = TypeVar("T")
 
 API_VERSION = "2021-08-06"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
-_HEAD_MAX = 64 << 10
 #: received and written at a time by read_to_fd: small enough to stay in the CPU cache
-_PIECE = 256 << 10
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class HttpStatusError(Exception):
-    """A non-2xx response. `status_code` and `error_code` as on azure.core's HttpResponseError."""
-
-    def __init__(self, status_code: int, error_code: str | None, reason: str = ""):
-        super().__init__(f"HTTP {status_code} {error_code or reason}".strip())
-        self.status_code = status_code
-        self.error_code = error_code
-
-
-def usable(account_url: str) -> bool:
-    """False when an HTTP proxy applies to the account URL: then only the SDK gets through."""
-    host = urlsplit(account_url).hostname or ""
-    proxies = urllib.request.getproxies()
-    return not proxies or bool(urllib.request.proxy_bypass(host))
+_PIECE = PIECE
 
 
 class _Auth:
@@ -98,27 +90,6 @@ class _Auth:
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
 
 
-class _Conn:
-    __slots__ = ("sock", "head")
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.head = bytearray(_HEAD_MAX)
-
-
-class _Stale(Exception):
-    """The server closed an idle keep-alive connection before answering."""
-
-
-@dataclass
-class _Response:
-    status: int
-    fields: dict[str, str]
-    conn: _Conn
-    start: int  # body bytes already in conn.head[start:got]
-    got: int
-
-
 class BlobFastPath:
     """Ranged reads and flat listings of one container; thread-safe (a pool of connections)."""
 
@@ -133,34 +104,43 @@ class BlobFastPath:
         retry_backoff: float = 1.0,
         api_version: str = API_VERSION,
     ):
+        """ValueError when an HTTP proxy applies that cannot be tunnelled through (see
+        http.proxy_for)."""
         parts = urlsplit(account_url)
         self.api_version = api_version
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
         self.netloc = parts.netloc
         self.base = f"{parts.path.rstrip('/')}/{quote(container, safe='')}"
         self.auth = _Auth(credential)
-        self.timeout = timeout
-        self.retry_total = retry_total
-        self.retry_backoff = retry_backoff
-        self._ssl = _ssl_context() if self.https else None
-        self._idle: list[_Conn] = []
-        self._closed = False
-        self._lock = threading.Lock()
+        self.http = HttpClient(
+            account_url, timeout=timeout, retry_total=retry_total, retry_backoff=retry_backoff
+        )
         self._local = threading.local()
         self._date = ("", 0)
 
     # --- the public requests -------------------------------------------------------------
 
-    def read_into(self, name: str, offset: int, buf: memoryview, etag: str | None = None) -> int:
+    def read_into(
+        self,
+        name: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+    ) -> int:
         """Fill `buf` from blob `name` at `offset` (If-Match `etag`); the byte count, fewer
-        only at the end of the blob."""
+        only at the end of the blob. `progress(n)`: bytes in `buf` so far, as they arrive;
+        `abort`: shuts the connection down from another thread (Aborted, never retried)."""
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(buf) - 1}"}
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
-        return self._call(path, {}, headers, lambda r: self._body_into(r, buf))
+
+        def consume(r: Response) -> int:
+            return body_into(r, buf, range_size(r, offset, len(buf)), progress)
+
+        return self._call(path, {}, headers, consume, abort=abort)
 
     def read_to_fd(
         self,
@@ -177,7 +157,9 @@ class BlobFastPath:
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
-        return self._call(path, {}, headers, lambda r: self._body_to_fd(r, length, fd, fd_offset))
+        return self._call(
+            path, {}, headers, lambda r: self._body_to_fd(r, offset, length, fd, fd_offset)
+        )
 
     def read(self, name: str, offset: int, length: int, etag: str | None = None) -> bytes:
         buf = bytearray(length)
@@ -207,89 +189,23 @@ class BlobFastPath:
             query["delimiter"] = delimiter
         if marker:
             query["marker"] = marker
-        return parse_listing(self._call(self.base, query, {}, self._body_bytes))
-
-    # --- connections: a LIFO pool, so that a few warm connections serve many threads ------
-
-    def _acquire(self) -> tuple[_Conn, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._ssl is not None:
-            sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
-        return _Conn(sock), False
-
-    def _release(self, conn: _Conn) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append(conn)
-                return
-        _close_quiet(conn)
+        return parse_listing(self._call(self.base, query, {}, body_bytes))
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._idle = self._idle, []
-            self._closed = True
-        for c in conns:
-            _close_quiet(c)
+        self.http.close()
 
-    # --- one request, with retries -------------------------------------------------------
+    # --- one request ---------------------------------------------------------------------
 
     def _call(
         self,
         path: str,
         query: dict[str, str],
         headers: dict[str, str],
-        consume: Callable[[_Response], T],
+        consume: Callable[[Response], T],
+        abort: Abort | None = None,
     ) -> T:
-        """Send GET `path`; `consume` reads a 2xx body. Retries throttling, 5xx and broken
-        connections (jittered exponential backoff); a keep-alive connection that the server
-        closed while idle is replaced at once, uncounted."""
-        attempt = 0
-        request = self._request(path, query, headers)
-        while True:
-            conn: _Conn | None = None
-            try:
-                conn, reused = self._acquire()
-                r = self._head(conn, request)
-                if r.status >= 300:
-                    keep = self._drain_error(r)
-                    err = HttpStatusError(r.status, r.fields.get("x-ms-error-code"))
-                    if keep:
-                        self._release(conn)
-                    else:
-                        _close_quiet(conn)
-                    conn = None
-                    raise err
-                result = consume(r)
-                if r.fields.get("connection", "").lower() == "close":
-                    _close_quiet(conn)
-                else:
-                    self._release(conn)
-                return result
-            except HttpStatusError as e:
-                if e.status_code not in _RETRY_STATUS or attempt >= self.retry_total:
-                    raise
-            except _Stale:
-                _close_quiet(conn)
-                if reused:
-                    continue
-                if attempt >= self.retry_total:
-                    raise ConnectionResetError("the connection closed before a response") from None
-            except OSError:
-                _close_quiet(conn)
-                if attempt >= self.retry_total:
-                    raise
-            except BaseException:
-                _close_quiet(conn)  # mid-response: the connection is unusable
-                raise
-            delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
-            attempt += 1
-            log.debug("retrying GET %s in %.2f s", path, delay)
-            time.sleep(delay)
-            request = self._request(path, query, headers)  # a fresh x-ms-date
+        """GET `path` (see HttpClient.get: retries, abort)."""
+        return self.http.get(path, lambda: self._request(path, query, headers), consume, abort)
 
     def _request(self, path: str, query: dict[str, str], extra: dict[str, str]) -> bytes:
         sec = int(time.time())
@@ -308,70 +224,11 @@ class BlobFastPath:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
-    def _head(self, conn: _Conn, request: bytes) -> _Response:
-        sock, head = conn.sock, conn.head
-        view = memoryview(head)
-        got = 0
-        try:
-            sock.sendall(request)
-            while True:
-                n = sock.recv_into(view[got:])
-                if n == 0:
-                    if got:
-                        raise ConnectionError("the response broke off")
-                    raise _Stale
-                got += n
-                end = head.find(b"\r\n\r\n", max(0, got - n - 3), got)
-                if end >= 0:
-                    break
-                if got == len(head):
-                    raise ConnectionError("response head too large")
-        except (ConnectionResetError, BrokenPipeError) as e:
-            if got == 0:
-                raise _Stale from e
-            raise
-        status, fields = _parse_head(bytes(head[:end]))
-        return _Response(status, fields, conn, end + 4, got)
-
-    def _drain_error(self, r: _Response) -> bool:
-        """Read a small error body off the connection; False when it cannot be reused."""
-        clen = r.fields.get("content-length")
-        if clen is None or r.start + int(clen) > len(r.conn.head):
-            return False
-        view = memoryview(r.conn.head)
-        got = r.got
-        while got < r.start + int(clen):
-            n = r.conn.sock.recv_into(view[got:])
-            if n == 0:
-                return False
-            got += n
-        return True
-
-    def _body_into(self, r: _Response, buf: memoryview) -> int:
-        clen = r.fields.get("content-length")
-        if clen is None:
-            raise ConnectionError("a ranged read without Content-Length")
-        size = int(clen)
-        if size > len(buf):
-            raise ConnectionError(f"the service sent {size} bytes for a {len(buf)}-byte range")
-        have = min(r.got - r.start, size)
-        buf[:have] = r.conn.head[r.start : r.start + have]
-        sock = r.conn.sock
-        while have < size:
-            n = sock.recv_into(buf[have:size])
-            if n == 0:
-                raise ConnectionError("the response broke off")
-            have += n
-        return size
-
-    def _body_to_fd(self, r: _Response, length: int, fd: int, fd_offset: int) -> int:
-        clen = r.fields.get("content-length")
-        if clen is None:
-            raise ConnectionError("a ranged read without Content-Length")
-        size = int(clen)
-        if size > length:
-            raise ConnectionError(f"the service sent {size} bytes for a {length}-byte range")
-        have = min(r.got - r.start, size)
+    def _body_to_fd(self, r: Response, offset: int, length: int, fd: int, fd_offset: int) -> int:
+        size = range_size(r, offset, length)
+        have = r.got - r.start
+        if have > size:
+            raise ProtocolError(f"more than the {size} bytes of Content-Length")
         _pwrite_all(fd, memoryview(r.conn.head)[r.start : r.start + have], fd_offset)
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
@@ -385,80 +242,8 @@ class BlobFastPath:
             have += n
         return size
 
-    def _body_bytes(self, r: _Response) -> bytes:
-        clen = r.fields.get("content-length")
-        if clen is not None:
-            buf = bytearray(int(clen))
-            self._body_into(r, memoryview(buf))
-            return bytes(buf)
-        if r.fields.get("transfer-encoding", "").lower() != "chunked":
-            raise ConnectionError("a response without a length")
-        return _read_chunked(r.conn.sock, bytes(r.conn.head[r.start : r.got]))
-
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     pos = 0
     while pos < len(view):
         pos += os.pwrite(fd, view[pos:], offset + pos)
-
-
-def _read_chunked(sock: socket.socket, pending: bytes) -> bytes:
-    """Decode a chunked body; `pending` holds bytes already received."""
-    buf = bytearray(pending)
-    out = bytearray()
-    pos = 0
-
-    def need(n: int) -> None:
-        while len(buf) - pos < n:
-            more = sock.recv(1 << 16)
-            if not more:
-                raise ConnectionError("the response broke off")
-            buf.extend(more)
-
-    while True:
-        while (eol := buf.find(b"\r\n", pos)) < 0:
-            need(len(buf) - pos + 1)
-        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
-        pos = eol + 2
-        if size == 0:
-            while buf.find(b"\r\n\r\n", pos - 2) < 0:  # trailers end with an empty line
-                need(len(buf) - pos + 1)
-            return bytes(out)
-        need(size + 2)
-        out += buf[pos : pos + size]
-        pos += size + 2
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise ConnectionError(f"not an HTTP response: {lines[0][:80]!r}")
-    fields: dict[str, str] = {}
-    for line in lines[1:]:
-        k, sep, v = line.partition(":")
-        if sep:
-            fields[k.strip().lower()] = v.strip()
-    if fields.get("transfer-encoding", "").lower() == "chunked":
-        fields.pop("content-length", None)
-    return int(parts[1]), fields
-
-
-def _close_quiet(conn: _Conn | None) -> None:
-    if conn is not None:
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
-
-
-def _ssl_context() -> ssl.SSLContext:
-    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if not cafile:
-        try:
-            import certifi
-
-            cafile = certifi.where()
-        except ImportError:
-            cafile = None
-    return ssl.create_default_context(cafile=cafile)

@@ -10,6 +10,7 @@ of one response always belong to the ETag it carries, so a reader never sees a m
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from azure.core.exceptions import (
@@ -33,10 +34,22 @@ from .azure import (
     quoted_etag,
     removed_on_failure,
     resolve,
+    retry_policy,
+    sdk_abort,
     temp_name,
     timestamp,
+    transport_timeouts,
 )
-from .base import BackendError, Changed, IsADirectory, NotFound, ObjectInfo, is_safe_name, normpath
+from .base import (
+    Abort,
+    BackendError,
+    Changed,
+    IsADirectory,
+    NotFound,
+    ObjectInfo,
+    is_safe_name,
+    normpath,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +79,28 @@ class FileShareBackend(AzureBackend):
 
     @classmethod
     def from_config(
-        cls, ds: DatastoreConfig, block_size: int = 8 * 1024 * 1024
+        cls,
+        ds: DatastoreConfig,
+        block_size: int = 8 * 1024 * 1024,
+        *,
+        retry_total: int | None = None,
+        retry_backoff: float = 1.0,
+        connection_timeout: float = 10.0,
+        read_timeout: float | None = None,
     ) -> FileShareBackend:
+        """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
+        SDK's default schedule, see client_options)."""
         if not ds.file_share_name:
             raise RegistryError(
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
             )
         rc, url = resolve(ds, "file")
-        kwargs = client_options(block_size, api_version=ds.api_version, connection_timeout=10)
+        kwargs = client_options(
+            block_size,
+            retry_policy(retry_total, retry_backoff),
+            api_version=ds.api_version,
+            **transport_timeouts(connection_timeout, read_timeout),
+        )
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
             kwargs["token_intent"] = "backup"
@@ -144,19 +171,44 @@ class FileShareBackend(AzureBackend):
         return out, next_token
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        return self._read(normpath(path), offset, length, etag, {})
+
+    def read_range_into(
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+    ) -> int:
+        """Through the SDK, which reads a block whole: `progress` is called once, at the end;
+        `abort` is honoured as far as the SDK allows (see azure.sdk_abort: checked before each
+        request, the body read cut short, a stall before the headers runs to the timeout)."""
         rel = normpath(path)
+        with sdk_abort(abort, rel) as hooks:
+            data = self._read(rel, offset, len(buf), etag, hooks)
+        buf[: len(data)] = data
+        if progress is not None:
+            progress(len(data))
+        return len(data)
+
+    def _read(
+        self, rel: str, offset: int, length: int, etag: str | None, hooks: dict[str, Any]
+    ) -> bytes:
         want = quoted_etag(etag)
         fc = self.share.get_file_client(rel)
         try:
             if length <= 0:
                 return b""
             try:
-                dl = fc.download_file(offset=offset, length=length)
+                dl = fc.download_file(offset=offset, length=length, **hooks)
             except HttpResponseError as e:
                 if e.status_code != 416:
                     raise
                 # Reading at or past the end: nothing to return, but the pin still holds.
-                if want and quoted_etag(fc.get_file_properties().etag) != want:
+                if want and quoted_etag(fc.get_file_properties(**hooks).etag) != want:
                     raise Changed(
                         f"{rel!r} in {self.description} changed since it was opened", rel
                     ) from None

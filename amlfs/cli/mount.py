@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 
 import click
 
 from ..errors import UsageError
-from ..fs.inodes import FOREVER, Timeouts
 from .common import AppContext, examples, main, pass_app
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_FOREVER_WORDS = ("forever", "inf", "infinity", "immutable")
 
 # FUSE and kernel mount options passed through to libfuse as they are.
 _FUSE_FLAGS = {
@@ -32,42 +27,6 @@ _AMLFS_VALUED = {
     "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
     "read_timeout", "log_file", "registry", "read_ahead",
 }  # fmt: skip
-
-
-def parse_bytes(text: str, what: str, low: int, high: int) -> int:
-    """'8M', '16MiB', '1G', '65536' -> bytes (K/M/G/T are powers of 1024), within [low, high]."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError(f"bad {what} {text!r}: expected bytes, or a size like 8M or 1GiB")
-    n = int(m[1]) * 1024 ** " kmgt".index(m[2].lower() or " ")
-    if not low <= n <= high:
-        raise UsageError(f"bad {what} {text!r}: must be between {_human(low)} and {_human(high)}")
-    return n
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:g} {unit}" if unit == "B" else f"{n:g}{unit}"
-        n //= 1024
-    return str(n)
-
-
-def parse_seconds(text: str, what: str, allow_forever: bool = True) -> float:
-    if allow_forever and text.strip().lower() in _FOREVER_WORDS:
-        return FOREVER
-    try:
-        value = float(text)
-    except ValueError:
-        hint = " or 'forever'" if allow_forever else ""
-        raise UsageError(f"bad {what} {text!r}: expected seconds{hint}") from None
-    if not 0 <= value:  # also refuses NaN
-        raise UsageError(f"bad {what} {text!r}: must be zero or more seconds")
-    return min(value, FOREVER)
-
-
-def _seconds_arg(value: float) -> str:
-    return "forever" if value >= FOREVER else repr(value)
 
 
 @dataclass
@@ -146,6 +105,7 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     help="Wait this long for the mount to go live (default 30).",
 )
 @click.option("--status-fd", type=int, hidden=True)
+@click.option("--config-stdin", is_flag=True, hidden=True)
 @pass_app
 def mount(
     app: AppContext,
@@ -165,6 +125,7 @@ def mount(
     log_file: str | None,
     timeout: float,
     status_fd: int | None,
+    config_stdin: bool,
 ) -> None:
     """Mount a datastore (or a directory of it) read-only at MOUNTPOINT.
 
@@ -173,41 +134,38 @@ def mount(
     nonempty, immutable, debug, the kernel's nodev/nosuid/noexec/noatime..., and every long
     option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, registry=FILE, ...).
     """
-    from ..fs.daemon import MountOptions, StatusPipe
+    from ..fs.config import MountConfig
+    from ..fs.daemon import StatusPipe
 
     status = StatusPipe(status_fd)
     try:
-        o = parse_o(options)
-        if "registry" in o.amlfs:  # an /etc/fstab line names its registry this way
-            app.registry_path = o.amlfs["registry"]
-        debug = debug or o.debug or app.debug
-        log_file = log_file or o.amlfs.get("log_file")
+        if config_stdin:  # a background daemon: `amlfs mount` has validated everything
+            config = MountConfig.from_json(sys.stdin.read())
+        else:
+            o = parse_o(options)
+            if "registry" in o.amlfs:  # an /etc/fstab line names its registry this way
+                app.registry_path = o.amlfs["registry"]
 
-        def pick(flag: str | None, name: str, default: str) -> str:
-            return flag if flag is not None else o.amlfs.get(name, default)
+            def pick(flag: str | None, name: str) -> str | None:
+                return flag if flag is not None else o.amlfs.get(name)
 
-        attr = parse_seconds(pick(attr_timeout, "attr_timeout", "60"), "--attr-timeout")
-        lst = parse_seconds(pick(list_timeout, "list_timeout", str(attr)), "--list-timeout")
-        neg = parse_seconds(pick(negative_timeout, "negative_timeout", "5"), "--negative-timeout")
-        timeouts = Timeouts.immutable() if immutable or o.immutable or attr >= FOREVER else None
-        mopts = MountOptions(
-            block_size=parse_bytes(
-                pick(block_size, "block_size", "8MiB"), "--block-size", 4096, 256 << 20
-            ),
-            cache_bytes=parse_bytes(
-                pick(cache_size, "cache_size", "1GiB"), "--cache-size", 1 << 20, 1 << 50
-            ),
-            timeouts=timeouts or Timeouts(attr=attr, listing=lst, negative=neg),
-            read_timeout=parse_seconds(
-                pick(read_timeout, "read_timeout", "60"), "--read-timeout", allow_forever=False
-            ),
-            fuse_options=o.fuse,
-            read_ahead=parse_bytes(
-                pick(read_ahead, "read_ahead", "4MiB"), "--read-ahead", 0, 1 << 30
-            ),
-        )
-        if mopts.read_timeout <= 0:
-            raise UsageError("bad --read-timeout: must be more than zero seconds")
+            log_file = pick(log_file, "log_file")
+            config, notes = MountConfig.from_options(
+                block_size=pick(block_size, "block_size"),
+                cache_size=pick(cache_size, "cache_size"),
+                attr_timeout=pick(attr_timeout, "attr_timeout"),
+                list_timeout=pick(list_timeout, "list_timeout"),
+                negative_timeout=pick(negative_timeout, "negative_timeout"),
+                read_timeout=pick(read_timeout, "read_timeout"),
+                read_ahead=pick(read_ahead, "read_ahead"),
+                immutable=immutable or o.immutable,
+                fuse_options=tuple(o.fuse),
+                nonempty=o.nonempty,
+                debug=debug or o.debug or app.debug,
+                log_file=os.path.abspath(log_file) if log_file else None,
+            )
+            for note in notes:
+                click.echo(f"amlfs: {note}", err=True)
         ds, path = app.location(source)
     except UsageError as e:
         status.error(e.exit_code, str(e))
@@ -219,18 +177,18 @@ def mount(
         from ..fs.daemon import run_mount
 
         try:
-            _configure_daemon_logging(debug, log_file, mountpoint)
-            mountpoint = control.validate_mountpoint(mountpoint, nonempty=o.nonempty)
+            _configure_daemon_logging(config.debug, config.log_file, mountpoint)
+            mountpoint = control.validate_mountpoint(mountpoint, nonempty=config.nonempty)
         except UsageError as e:
             status.error(e.exit_code, str(e))
             raise
-        run_mount(ds, path, mountpoint, mopts, status_fd=status.fd)
+        run_mount(ds, path, mountpoint, config, status_fd=status.fd)
         return
 
     from ..backends import open_backend
     from ..fs.daemon import check_source
 
-    mountpoint = control.validate_mountpoint(mountpoint, nonempty=o.nonempty)
+    mountpoint = control.validate_mountpoint(mountpoint, nonempty=config.nonempty)
     backend = open_backend(ds)
     try:
         check_source(backend, ds, path)
@@ -239,35 +197,21 @@ def mount(
     argv = [sys.executable, "-m", "amlfs"]
     if app.registry_path:
         argv += ["--registry", os.path.abspath(app.registry_path)]
-    argv += ["mount", "--foreground"]
-    argv += ["--cache-size", str(mopts.cache_bytes), "--block-size", str(mopts.block_size)]
-    t = mopts.timeouts
-    argv += ["--attr-timeout", _seconds_arg(t.attr), "--list-timeout", _seconds_arg(t.listing)]
-    argv += ["--negative-timeout", _seconds_arg(t.negative)]
-    argv += ["--read-timeout", repr(mopts.read_timeout)]
-    argv += ["--read-ahead", str(mopts.read_ahead)]
-    if t.is_immutable:
-        argv.append("--immutable")
-    fuse = o.fuse + (["nonempty"] if o.nonempty else [])
-    if fuse:
-        argv += ["-o", ",".join(fuse)]
-    if debug:
-        argv.append("--debug")
-    if log_file:
-        log_file = os.path.abspath(log_file)
-        argv += ["--log-file", log_file]
-    # Pass the resolved datastore name so that a default-datastore change cannot race us.
-    argv += ["--", f"{ds.name}:{path}", mountpoint]
+    # Pass the resolved datastore name so that a default-datastore change cannot race us; the
+    # configuration goes whole on the daemon's stdin.
+    argv += ["mount", "--foreground", "--config-stdin", "--", f"{ds.name}:{path}", mountpoint]
     from ..logs import default_log_path
 
     # The daemon's stderr (what is printed before its logging is set up) goes to its log too.
-    daemon_log = log_file or str(default_log_path(mountpoint))
-    if not log_file:
+    daemon_log = config.log_file or str(default_log_path(mountpoint))
+    if not config.log_file:
         try:
             os.makedirs(os.path.dirname(daemon_log), mode=0o700, exist_ok=True)
         except OSError:
             daemon_log = None  # the daemon says why it cannot log there
-    control.start_background(argv, mountpoint, daemon_log, timeout=timeout)
+    control.start_background(
+        argv, mountpoint, daemon_log, timeout=timeout, stdin=config.to_json().encode()
+    )
 
 
 def _configure_daemon_logging(debug: bool, log_file: str | None, mountpoint: str) -> None:

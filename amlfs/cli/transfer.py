@@ -4,7 +4,6 @@ reporting that `amlfs stage` shares with them."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,28 +11,19 @@ from contextlib import contextmanager
 
 import click
 
-from ..errors import UsageError
+from .. import units
 from ..filters import PathFilter
 from ..progress import summary_line
 from ..transfer import TransferResult, download, upload_dir, upload_files
 from .common import AppContext, examples, main, pass_app
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 #: failures listed on stderr before "... and N more"
 MAX_LISTED = 20
 
 
 def parse_size(text: str | None) -> int | None:
-    """'8M', '16MiB', '65536' -> bytes (K/M/G are powers of 1024)."""
-    if text is None:
-        return None
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError(f"bad size {text!r}: expected a number of bytes, or like 8M or 16MiB")
-    n = int(m[1]) * 1024 ** " kmg".index(m[2].lower() or " ")
-    if not 64 << 10 <= n <= 1 << 30:
-        raise UsageError(f"bad size {text!r}: must be between 64K and 1G")
-    return n
+    """The --block-size of a transfer: '8M', '16MiB', '65536' -> bytes, 64 KiB to 1 GiB."""
+    return None if text is None else units.parse_size(text, "--block-size", 64 << 10, 1 << 30)
 
 
 def progress_option(f):

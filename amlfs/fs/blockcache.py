@@ -1,42 +1,45 @@
-"""Byte-budgeted LRU of immutable file extents, with in-flight de-duplication.
+"""The block cache: an index of file extents, an LRU of the evictable ones, and their bytes in the
+mount's one memory budget. Nothing else: what to fetch, when, at what priority and for whom is
+the data path's business (datapath.py).
 
-An extent is a fetched byte range [start, end) of one version of a file, keyed by
-(path, etag, start). In sequential reading an extent is a whole block (or the rest of one); a
-small file is one extent; a random-mode read is a request-sized extent. Extents of one file never
-overlap: fetches are only ever made for the holes between cached or in-flight extents, so a byte
-is fetched at most once while it is cached, and two readers of one range cause one GET (the second
-waits on the first's `trio.Event`). A failed fetch wakes its waiters with the error and is not
-cached.
+An extent is a byte range [start, end) of one version of a file, keyed by (path, etag, start). It
+is in flight (its buffer filling as the body arrives: `filled` bytes are final) until it is ready
+or failed. Extents of one file version never overlap: the data path fetches only the holes that
+`cover` reports, so a byte is fetched at most once while it is cached, and two readers of one
+range share one fetch.
 
-Budget: the LRU's resident bytes plus the reservations of in-flight fetches stay within
-`capacity`. Prefetch reserves with `try_reserve`, which also refuses when in-flight plus
-prefetched-but-unread bytes would pass the capacity (that refusal is what halves a read-ahead
-window); a reader's own fetch reserves with `reserve`, which may overshoot by that fetch.
+Pins: an extent that an open handle is going to read (fetched ahead for it, or the one it is
+reading through) is pinned and is not evicted; unpinned, it goes to the LRU. So one reader's
+read-ahead can never evict the blocks another reader has not read yet.
 
-Everything here runs on the trio thread; there is no await between a lookup and the update that
-depends on it, which is what keeps the index consistent without a lock.
+Budget: resident extents are charged to the budget's "cache" account, given back when evicted or
+forgotten. The data path charges a fetch's buffer to "inflight" and moves it to "cache" when
+`complete` keeps the extent.
+
+Concurrency contract: the trio thread only; no method awaits except `Extent.wait_filled`, so a
+lookup and the update that depends on it are atomic.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable
+from collections import OrderedDict
 from typing import Any
 
 import trio
-from cachetools import LRUCache
 
 from ..backends.base import BackendError
+from .budget import MemoryBudget
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-FileKey = tuple[str, str | None]  # (path, etag)
-# What reads return: bytes, or a memoryview of a cached extent (valid as long as it is held:
-# eviction only drops the cache's reference). Compares equal to bytes with the same content.
+# What reads return: bytes, or a read-only memoryview of an extent's buffer (valid as long as it
+# is held: eviction only drops the cache's reference). Compares equal to bytes of the same content.
 Buffer = bytes | memoryview
 Hole = tuple[int, int]
+Key = tuple[str, str | None, int]
 
 
 class Extent:
@@ -48,17 +51,14 @@ class Extent:
         "start",
         "end",
         "data",
+        "filled",
         "error",
         "done",
+        "_progress",
         "prefetched",
-        "promised",
         "cached",
-        "owners",
-        "waiters",
-        "scope",
-        "started",
-        "demand",
-        "kind",
+        "pins",
+        "fetch",
     )
 
     def __init__(self, path: str, etag: str | None, start: int, end: int, prefetch: bool):
@@ -66,21 +66,15 @@ class Extent:
         self.etag = etag
         self.start = start
         self.end = end
-        self.data: bytes | bytearray | None = None
+        self.data: bytearray | None = None  # the buffer; [0, filled) holds final bytes
+        self.filled = 0
         self.error: BackendError | None = None
         self.done = trio.Event()
-        self.prefetched = prefetch  # fetched by prefetch and not yet read by anyone
-        self.promised = False  # counted in the cache's unread_prefetch (see BlockCache)
-        self.cached = False  # resident in the LRU (and in the index as ready)
-        # Scheduling state, owned by the data path:
-        # Handles (or the data path) that asked for it ahead: while in flight, and afterwards
-        # while it is promised (fetched ahead for them and not yet read).
-        self.owners: set[Any] = set()
-        self.waiters = 0  # readers blocked on it
-        self.scope: trio.CancelScope | None = None
-        self.started = False  # its backend call has been issued
-        self.demand = not prefetch  # a reader waits for it: runs at demand priority
-        self.kind = "prefetch" if prefetch else "demand"
+        self._progress = trio.Event()
+        self.prefetched = prefetch  # fetched ahead and not yet read by anyone
+        self.cached = False  # resident (in the LRU or pinned)
+        self.pins = 0  # handles that are going to read it
+        self.fetch: Any = None  # the data path's fetch while in flight
 
     @property
     def size(self) -> int:
@@ -89,6 +83,29 @@ class Extent:
     @property
     def pending(self) -> bool:
         return not self.done.is_set()
+
+    def covers(self, end: int) -> bool:
+        """Bytes up to `end` are final (the extent is ready, or filled that far)."""
+        return self.error is None and self.start + self.filled >= min(end, self.end)
+
+    def advance(self, filled: int) -> None:
+        """More of the body arrived (trio thread): wake readers waiting for those bytes."""
+        if filled > self.filled:
+            self.filled = filled
+            ev, self._progress = self._progress, trio.Event()
+            ev.set()
+
+    async def wait_filled(self, end: int) -> None:
+        """Until the bytes up to `end` are final, or the fetch is over (ready or failed)."""
+        while self.pending and not self.covers(end):
+            await self._progress.wait()
+
+    def finish(self, error: BackendError | None = None) -> None:
+        self.error = error
+        if error is None:
+            self.filled = self.size
+        self.done.set()
+        self._progress.set()
 
     def __repr__(self) -> str:
         state = "pending" if self.pending else ("failed" if self.error else "ready")
@@ -112,8 +129,7 @@ class _FileIndex:
         if self.extents.get(ext.start) is not ext:
             return False
         del self.extents[ext.start]
-        i = bisect.bisect_left(self.starts, ext.start)
-        del self.starts[i]
+        del self.starts[bisect.bisect_left(self.starts, ext.start)]
         return True
 
     def first_at(self, offset: int) -> int:
@@ -124,44 +140,26 @@ class _FileIndex:
         return i + 1
 
 
-class _LRU(LRUCache):
-    """cachetools' LRU, telling the owner about every eviction it makes."""
-
-    def __init__(self, maxsize: int, on_evict):
-        super().__init__(maxsize, getsizeof=_size_of)
-        self._on_evict = on_evict
-
-    def popitem(self):
-        key, ext = super().popitem()
-        self._on_evict(ext)
-        return key, ext
-
-
-def _size_of(ext: Extent) -> int:
-    return ext.size
-
-
 class BlockCache:
-    """Extents of remote files in memory, within one byte budget shared with in-flight fetches."""
+    """Extents of remote files in memory, charged to one memory budget."""
 
-    def __init__(self, capacity: int, stats: Stats):
-        self.capacity = max(1, capacity)
+    def __init__(self, budget: MemoryBudget, stats: Stats):
+        self.budget = budget
         self.stats = stats
-        self.reserved = 0  # bytes reserved by in-flight fetches
-        self.unread_prefetch = 0  # resident bytes fetched ahead for a handle, not yet read
-        #: called when an extent stops being promised (read, evicted, dropped or given up)
-        self.on_unpromise: Callable[[Extent], None] | None = None
-        self._lru = _LRU(self.capacity, self._evicted)
+        self._lru: OrderedDict[Key, Extent] = OrderedDict()  # cached and unpinned
+        self._lru_bytes = 0
+        self._resident = 0
         self._files: dict[str, dict[str | None, _FileIndex]] = {}
+        budget.add_evictor(self._evict, lambda: self._lru_bytes)
 
     # --- lookups -------------------------------------------------------------------------------
 
     @property
     def resident(self) -> int:
-        return self._lru.currsize
+        return self._resident
 
     def get(self, path: str, etag: str | None, start: int, end: int) -> Buffer | None:
-        """The bytes [start, end) if all of them are cached (a hit), else None (a miss)."""
+        """The bytes [start, end) if all of them are final (a hit), else None (a miss)."""
         index = self._index(path, etag)
         if index is not None:
             i = index.first_at(start)
@@ -170,7 +168,7 @@ class BlockCache:
             starts = index.starts
             while pos < end and i < len(starts):
                 ext = index.extents[starts[i]]
-                if ext.start > pos or not ext.cached:
+                if ext.start > pos or not ext.covers(min(end, ext.end)):
                     break
                 found.append(ext)
                 pos = ext.end
@@ -203,95 +201,77 @@ class BlockCache:
         return out
 
     def assemble(self, extents: list[Extent], start: int, end: int) -> Buffer:
-        """The bytes [start, end) out of contiguous ready `extents`; marks them read.
+        """The bytes [start, end) out of contiguous extents whose bytes there are final.
 
-        A range inside one extent is a memoryview of it, not a copy: pyfuse3 hands any buffer
-        straight to the kernel, and a copy of every 128 KiB request was a tenth of the daemon's
-        CPU in a sequential read. Ranges across extents are joined into new bytes.
+        A range inside one extent is a read-only memoryview of it, not a copy: pyfuse3 hands any
+        buffer straight to the kernel, and a copy of every 128 KiB request was a tenth of the
+        daemon's CPU in a sequential read. Ranges across extents are joined into new bytes.
         """
         parts: list[Buffer] = []
         for ext in extents:
-            if ext.cached:
-                self._lru[(ext.path, ext.etag, ext.start)]  # touch: most recently used
+            key = (ext.path, ext.etag, ext.start)
+            if key in self._lru:
+                self._lru.move_to_end(key)
             if ext.prefetched:
                 ext.prefetched = False
                 self.stats.incr("prefetch_hits")
-            self.unpromise(ext)
             assert ext.data is not None
             lo = max(start, ext.start) - ext.start
             hi = min(end, ext.end) - ext.start
             parts.append(memoryview(ext.data).toreadonly()[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    # --- budget --------------------------------------------------------------------------------
-
-    def try_reserve(self, n: int) -> bool:
-        """Reserve `n` bytes for a prefetch, evicting least recently used extents; never blocks.
-
-        Refuses when in-flight and unread prefetched bytes leave no room: those are the
-        read-ahead already promised to readers, which only reading can free.
-        """
-        if self.reserved + self.unread_prefetch + n > self.capacity:
-            return False
-        self._make_room(n)
-        if self._lru.currsize + self.reserved + n > self.capacity:
-            return False
-        self.reserved += n
-        return True
-
-    def reserve(self, n: int) -> None:
-        """Reserve `n` bytes for a fetch a reader waits for: evicts, and may overshoot by `n`."""
-        self._make_room(n)
-        self.reserved += n
-
-    def _make_room(self, n: int) -> None:
-        while self._lru.currsize and self._lru.currsize + self.reserved + n > self.capacity:
-            self._lru.popitem()
-
     # --- in-flight extents ---------------------------------------------------------------------
 
-    def add_pending(
-        self, path: str, etag: str | None, start: int, end: int, prefetch: bool
-    ) -> Extent:
-        """Register an in-flight fetch of the hole [start, end); its bytes must be reserved."""
+    def add(self, path: str, etag: str | None, start: int, end: int, prefetch: bool) -> Extent:
+        """Index an in-flight extent for the hole [start, end) (its buffer is the caller's to
+        charge to the budget)."""
         ext = Extent(path, etag, start, end, prefetch)
         self._files.setdefault(path, {}).setdefault(etag, _FileIndex()).add(ext)
         return ext
 
-    def complete(self, ext: Extent, data: bytes | bytearray) -> None:
-        """The fetch of `ext` succeeded: cache it (unless forgotten meanwhile) and wake waiters."""
-        self.reserved -= ext.size
+    def complete(self, ext: Extent, data: bytearray) -> bool:
+        """The fetch of `ext` succeeded: wake its readers; True if the cache keeps it (then its
+        bytes are the cache's), False if it was forgotten meanwhile (nothing kept)."""
         ext.data = data
-        self.stats.incr("bytes_fetched", len(data))
+        ext.fetch = None
         index = self._index(ext.path, ext.etag)
-        if index is not None and index.extents.get(ext.start) is ext:
-            try:
-                self._lru[(ext.path, ext.etag, ext.start)] = ext
-                ext.cached = True
-                if ext.prefetched and ext.kind == "prefetch":
-                    # A handle's read-ahead is owed to it; small-file prefetch, whose reader
-                    # may never come, stays an ordinary LRU entry.
-                    ext.promised = True
-                    self.unread_prefetch += ext.size
-            except ValueError:  # larger than the whole budget: hand it over, keep nothing
-                self._unindex(ext)
-        ext.done.set()
+        kept = index is not None and index.extents.get(ext.start) is ext
+        if kept:
+            ext.cached = True
+            self._resident += ext.size
+            if ext.pins == 0:
+                self._lru_put(ext)
+        ext.finish()
         self._gauge()
+        return kept
 
     def fail(self, ext: Extent, error: BackendError) -> None:
-        """The fetch of `ext` failed or was abandoned: forget it and wake waiters with `error`."""
-        self.reserved -= ext.size
-        ext.error = error
+        """The fetch of `ext` failed or was given up: forget it, wake its readers with `error`."""
+        ext.fetch = None
         self._unindex(ext)
-        ext.done.set()
-        self._gauge()
+        ext.finish(error)
+
+    # --- pins ----------------------------------------------------------------------------------
+
+    def pin(self, ext: Extent) -> None:
+        ext.pins += 1
+        if ext.pins == 1 and ext.cached:
+            self._lru_pop(ext)
+
+    def unpin(self, ext: Extent) -> None:
+        ext.pins -= 1
+        assert ext.pins >= 0, ext
+        if ext.pins == 0 and ext.cached:
+            self._lru_put(ext)
+            self.budget.settle()
 
     # --- invalidation --------------------------------------------------------------------------
 
     def forget(self, path: str, etag: str | None = None, *, all_versions: bool = True) -> None:
         """Drop the cached extents of `path` (of one version when `all_versions` is False).
 
-        In-flight fetches are detached: their waiters still get their bytes, nothing is cached.
+        In-flight fetches are detached: their readers still get their bytes, nothing is cached.
         """
         versions = self._files.get(path)
         if not versions:
@@ -302,7 +282,7 @@ class BlockCache:
                 continue
             for ext in index.extents.values():
                 if ext.cached:
-                    self._drop_resident(ext)
+                    self._drop(ext)
         if not versions:
             del self._files[path]
         self._gauge()
@@ -312,6 +292,39 @@ class BlockCache:
             self.forget(path)
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _evict(self, n: int) -> int:
+        """Drop least recently used unpinned extents until `n` bytes are freed (budget evictor)."""
+        freed = 0
+        while freed < n and self._lru:
+            _, ext = self._lru.popitem(last=False)
+            self._lru_bytes -= ext.size
+            if ext.prefetched:
+                self.stats.incr("prefetch_evicted_unread")
+            freed += ext.size
+            self._unindex(ext)
+            self._release(ext)
+        if freed:
+            self._gauge()
+        return freed
+
+    def _drop(self, ext: Extent) -> None:
+        if ext.pins == 0:
+            self._lru_pop(ext)
+        self._release(ext)
+
+    def _release(self, ext: Extent) -> None:
+        ext.cached = False
+        self._resident -= ext.size
+        self.budget.give("cache", ext.size)
+
+    def _lru_put(self, ext: Extent) -> None:
+        self._lru[(ext.path, ext.etag, ext.start)] = ext
+        self._lru_bytes += ext.size
+
+    def _lru_pop(self, ext: Extent) -> None:
+        if self._lru.pop((ext.path, ext.etag, ext.start), None) is not None:
+            self._lru_bytes -= ext.size
 
     def _index(self, path: str, etag: str | None) -> _FileIndex | None:
         versions = self._files.get(path)
@@ -327,26 +340,5 @@ class BlockCache:
             if not versions:
                 del self._files[ext.path]
 
-    def unpromise(self, ext: Extent) -> None:
-        """`ext` no longer counts as read-ahead owed to a reader: it is an ordinary LRU entry."""
-        if ext.promised:
-            ext.promised = False
-            self.unread_prefetch -= ext.size
-            if self.on_unpromise is not None:
-                self.on_unpromise(ext)
-
-    def _drop_resident(self, ext: Extent) -> None:
-        ext.cached = False
-        self.unpromise(ext)
-        del self._lru[(ext.path, ext.etag, ext.start)]
-
-    def _evicted(self, ext: Extent) -> None:
-        ext.cached = False
-        if ext.prefetched:
-            self.stats.incr("prefetch_evicted_unread")
-        self.unpromise(ext)
-        self._unindex(ext)
-
     def _gauge(self) -> None:
-        self.stats.set("cache_bytes", self._lru.currsize)
-        self.stats.set("cache_inflight_bytes", self.reserved)
+        self.stats.set("cache_bytes", self._resident)

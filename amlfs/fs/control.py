@@ -161,10 +161,15 @@ def validate_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
 
 
 def start_background(
-    argv: list[str], mountpoint: str, log_file: str | None, timeout: float = 30.0
+    argv: list[str],
+    mountpoint: str,
+    log_file: str | None,
+    timeout: float = 30.0,
+    stdin: bytes = b"",
 ) -> int:
-    """Run `argv` (a foreground mount command) as a detached daemon; return its pid once the
-    mount is live. `argv` gets `--status-fd N` appended after its first `mount` word."""
+    """Run `argv` (a foreground mount command) as a detached daemon, `stdin` on its standard
+    input (then closed); return its pid once the mount is live. `argv` gets `--status-fd N`
+    appended after its first `mount` word."""
     read_fd, write_fd = os.pipe()
     try:
         i = argv.index("mount") + 1
@@ -176,13 +181,19 @@ def start_background(
         with out:
             proc = subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
                 pass_fds=(write_fd,),
                 cwd="/",
             )
+        assert proc.stdin is not None
+        try:
+            with proc.stdin:  # small (a JSON document): fits the pipe, never blocks
+                proc.stdin.write(stdin)
+        except BrokenPipeError:
+            pass  # the daemon died at once: its status pipe says why
     except BaseException:
         os.close(read_fd)
         raise

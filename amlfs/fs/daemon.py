@@ -13,19 +13,26 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import pyfuse3
 import trio
 
-from ..backends.base import Backend, BackendError, NotFound, ObjectInfo, TrioBackend, normpath
+from ..backends.base import (
+    Backend,
+    BackendError,
+    NotFound,
+    ObjectInfo,
+    TrioBackend,
+    normpath,
+    retry,
+)
 from ..errors import AmlfsError, UsageError
 from ..registry import DatastoreConfig
-from .inodes import Timeouts
+from .config import MountConfig
 from .notify import sd_notify
-from .operations import Operations, OperationsConfig
+from .operations import Operations
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -34,27 +41,8 @@ FSTYPE = "fuse.amlfs"
 SUBTYPE = "amlfs"
 #: After SIGTERM, requests still waiting on the storage get this long before they are cancelled.
 SHUTDOWN_GRACE = 5.0
-#: The kernel's read-ahead for the mount. The FUSE default (128 KiB) makes a sequential reader
-#: send 128 KiB requests, each ~0.1 ms of Python here; 4 MiB makes them 1 MiB (FUSE's max_pages)
-#: and cut the daemon's CPU per GiB by a quarter (measured: 8194 -> 1026 requests per GiB, 1.27
-#: -> 0.95 s). Larger (8-16 MiB) let the kernel's speculative requests outrun our own window
-#: and split blocks into more, smaller GETs.
-READ_AHEAD = 4 * 1024 * 1024
 BDI_DIR = "/sys/class/bdi"
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
-
-
-@dataclass
-class MountOptions:
-    block_size: int = 8 * 1024 * 1024
-    cache_bytes: int = 1024 * 1024 * 1024
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    read_timeout: float = 60.0  # a read (or metadata call) past this returns EIO
-    fuse_options: list[str] = field(default_factory=list)  # e.g. allow_other
-    max_threads: int = 32  # concurrent storage calls
-    max_tasks: int = 99  # concurrent FUSE requests
-    read_ahead: int = READ_AHEAD  # the kernel's read-ahead for the mount; 0 = its default
-    listing_prefetch: int = 4  # subdirectories listed at a time ahead of a reader; 0 = none
 
 
 class StatusPipe:
@@ -86,9 +74,10 @@ class StatusPipe:
 def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo:
     """The directory to mount, or a clear error: UsageError when it is missing or a file."""
     path = normpath(path)
-    backend.check_access()
+    # The mount's backend does not retry (the daemon does, per request): retry these here.
+    retry(backend.check_access, attempts=4)
     try:
-        info = backend.stat(path)
+        info = retry(lambda: backend.stat(path), attempts=4)
     except NotFound:
         raise UsageError(f"path {path!r} does not exist in datastore {ds.name!r}") from None
     if not info.is_dir:
@@ -165,7 +154,7 @@ def run_mount(
     ds: DatastoreConfig,
     path: str,
     mountpoint: str,
-    options: MountOptions,
+    config: MountConfig,
     status_fd: int | None = None,
 ) -> None:
     """Mount `path` of datastore `ds` at `mountpoint` and serve it until unmounted or signalled.
@@ -174,7 +163,7 @@ def run_mount(
     """
     status = StatusPipe(status_fd)
     try:
-        _run(ds, normpath(path), os.path.abspath(mountpoint), options, status)
+        _run(ds, normpath(path), os.path.abspath(mountpoint), config, status)
     except AmlfsError as e:
         status.error(e.exit_code, str(e))
         raise
@@ -187,25 +176,18 @@ def run_mount(
 
 
 def _run(
-    ds: DatastoreConfig, path: str, mountpoint: str, options: MountOptions, status: StatusPipe
+    ds: DatastoreConfig, path: str, mountpoint: str, config: MountConfig, status: StatusPipe
 ) -> None:
     from ..backends import open_backend
-    from .datapath import DataPath, DataPathConfig
+    from .datapath import DataPath
 
-    backend = open_backend(ds)
+    # One retry layer: the daemon's, inside each request's bound; none in the backend.
+    backend = open_backend(ds, retry_total=0, read_timeout=config.read_timeout)
     try:
         root = check_source(backend, ds, path)
-        tb = TrioBackend(backend, max_threads=options.max_threads)
+        tb = TrioBackend(backend, max_threads=config.max_threads)
         stats = Stats()
-        datapath = DataPath(
-            tb,
-            DataPathConfig(
-                block_size=options.block_size,
-                cache_bytes=options.cache_bytes,
-                read_timeout=options.read_timeout,
-            ),
-            stats,
-        )
+        datapath = DataPath(tb, config.datapath(), stats)
         started = time.time()
         live: dict[str, Any] = {"read_ahead": None}  # what _when_live managed to set
 
@@ -217,35 +199,21 @@ def _run(
                 "path": path,
                 "mountpoint": mountpoint,
                 "started": started,
-                "block_size": options.block_size,
-                "cache_bytes": options.cache_bytes,
-                "attr_timeout": options.timeouts.attr,
-                "immutable": options.timeouts.is_immutable,
+                **config.describe(),
                 "read_ahead": live["read_ahead"],
+                "memory": datapath.budget.snapshot(),
             }
 
-        ops = Operations(
-            tb,
-            datapath,
-            root,
-            stats,
-            OperationsConfig(
-                timeouts=options.timeouts,
-                request_timeout=options.read_timeout,
-                small_file_size=options.block_size,
-                listing_prefetch=options.listing_prefetch,
-            ),
-            describe=describe,
-        )
+        ops = Operations(tb, datapath, root, stats, config.operations(), describe=describe)
         try:
-            pyfuse3.init(ops, mountpoint, fuse_options(ds, path, options.fuse_options))
+            pyfuse3.init(ops, mountpoint, fuse_options(ds, path, list(config.fuse_options)))
         except RuntimeError as e:
             if "session_new" in str(e):
-                raise UsageError(f"FUSE refused the mount options {options.fuse_options}") from None
+                raise UsageError(f"FUSE refused the mount options {config.fuse_options}") from None
             raise AmlfsError(f"cannot mount at {mountpoint}: {e}") from None
         log.info("mounted %s:%s at %s (pid %d)", ds.name, path, mountpoint, os.getpid())
         try:
-            trio.run(_serve, ops, datapath, options, status, mountpoint, live)
+            trio.run(_serve, ops, datapath, config, status, mountpoint, live)
         except BaseException:
             log.exception("the mount daemon failed; unmounting")
             raise
@@ -261,7 +229,7 @@ def _run(
 async def _serve(
     ops: Operations,
     datapath: Any,
-    options: MountOptions,
+    config: MountConfig,
     status: StatusPipe,
     mountpoint: str,
     live: dict[str, Any],
@@ -270,21 +238,21 @@ async def _serve(
         await nursery.start(datapath.run)
         await nursery.start(ops.run)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        nursery.start_soon(_when_live, ops, options, status, mountpoint, live)
-        await pyfuse3.main(max_tasks=options.max_tasks)
+        nursery.start_soon(_when_live, ops, config, status, mountpoint, live)
+        await pyfuse3.main(max_tasks=config.max_tasks)
         nursery.cancel_scope.cancel()
 
 
 async def _when_live(
-    ops: Operations, options: MountOptions, status: StatusPipe, mountpoint: str, live: dict
+    ops: Operations, config: MountConfig, status: StatusPipe, mountpoint: str, live: dict
 ) -> None:
     # The kernel applies its INIT reply's read-ahead to the bdi when it receives the reply,
     # overwriting any earlier setting: set ours after that. pyfuse3 calls ops.init() just
     # before replying, and the reply is written before this task next runs.
     await ops.initialized.wait()
     await trio.lowlevel.checkpoint()
-    if options.read_ahead > 0 and set_read_ahead(mountpoint, options.read_ahead):
-        live["read_ahead"] = options.read_ahead
+    if config.read_ahead > 0 and set_read_ahead(mountpoint, config.read_ahead):
+        live["read_ahead"] = config.read_ahead
     status.ready()
     sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
 

@@ -4,6 +4,15 @@ Every handler goes through `_handler`, the one place where exceptions become err
 FUSEError leaves this module (pyfuse3's main loop dies on anything else). Backend errors carry
 their errno; a timeout is EIO; anything unexpected is EIO, logged with its traceback once.
 
+Time: every request is answered within `request_timeout` of its arrival (`_handler` bounds it);
+metadata calls retry transient failures with backoff inside that bound (the backend itself does
+not retry: one retry layer).
+
+Versions: an inode is one version of a file (inodes.py). When the daemon learns that an object
+changed -- a newer ETag from a listing or a HEAD, or a read refused with 412 -- the kernel's
+dentry for the name is invalidated, so the next open looks the name up again and gets the new
+version's inode at once, while handles open on the old one keep reading the old version.
+
 The mount's live facts are served as an unlisted file at the root, STATS_NAME, not as an
 extended attribute: `ls -l` probes two xattrs per file, and answering ENOSYS to getxattr makes
 the kernel stop asking (measured: 20,000 fewer requests for `ls -lR` of 10,000 files).
@@ -16,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import random
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,9 +36,20 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import BackendError, NotFound, ObjectInfo, TrioBackend, is_safe_name, join
-from .inodes import InodeTable, Node, Timeouts, WalkDetector
-from .listings import ListingPrefetcher
+from ..backends.base import (
+    BackendError,
+    NotFound,
+    ObjectInfo,
+    Transient,
+    TrioBackend,
+    is_safe_name,
+    join,
+)
+from .budget import MemoryBudget
+from .datapath import BACKOFF_BASE, BACKOFF_MAX
+from .inodes import InodeTable, Node, Timeouts
+from .listings import DirStream, Listings
+from .readahead import WalkDetector
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -62,6 +83,8 @@ class OperationsConfig:
     # os.walk then find each next directory already listed.
     listing_prefetch: int = 4
     listing_prefetch_queue: int = 256
+    listing_pages_ahead: int = 1  # pages a background listing fetches before a reader asks
+    max_listing_entries: int = 1_000_000  # a bigger directory is streamed, not kept for lookups
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
 
@@ -69,10 +92,7 @@ class OperationsConfig:
 @dataclass(eq=False)
 class _DirHandle:
     node: Node
-    entries: list[ObjectInfo] = field(default_factory=list)
-    token: str | None = None
-    done: bool = False
-    started: float = 0.0
+    stream: DirStream
     prefetched: bool = False  # its subdirectories were queued for background listing
 
 
@@ -92,9 +112,11 @@ def _handler(op: str) -> Callable[[F], F]:
             if self._debug:
                 log.debug("%s%r", op, tuple(a for a in args if not isinstance(a, _OPAQUE)))
             try:
-                return await fn(self, *args)
+                with trio.fail_after(self.request_timeout):
+                    return await fn(self, *args)
             except FUSEError as e:
-                self._count_error(e.errno)
+                if e.errno != errno.ENOSYS:  # by design (xattrs): the kernel stops asking
+                    self._count_error(e.errno)
                 raise
             except BackendError as e:
                 self._count_error(e.errno)
@@ -122,6 +144,14 @@ def _handler(op: str) -> Callable[[F], F]:
     return decorate
 
 
+def _invalidate_entry(parent_inode: int, name: bytes) -> None:
+    """Ask the kernel to drop its dentry for `name` (queued: safe inside a request handler)."""
+    try:
+        pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
+    except Exception as e:  # no kernel connection (tests, shutdown): nothing to invalidate
+        log.debug("cannot invalidate %r in inode %d: %s", name, parent_inode, e)
+
+
 def _refuse(op: str, code: int = errno.EROFS) -> Callable[..., Awaitable[Any]]:
     @_handler(op)
     async def refuse(self: Operations, *args: Any) -> Any:
@@ -145,6 +175,7 @@ class Operations(pyfuse3.Operations):
         stats: Stats,
         config: OperationsConfig | None = None,
         describe: Callable[[], dict[str, Any]] | None = None,
+        budget: MemoryBudget | None = None,
     ):
         super().__init__()
         self.backend = backend
@@ -153,9 +184,18 @@ class Operations(pyfuse3.Operations):
         self.config = config or OperationsConfig()
         self.timeouts = self.config.timeouts
         self.request_timeout = self.config.request_timeout
+        self.budget = budget if budget is not None else datapath.budget
         self.table = InodeTable(
-            root, self.timeouts, on_changed=self._changed, first_inode=STATS_INODE + 1
+            root,
+            self.timeouts,
+            on_changed=self._changed,
+            first_inode=STATS_INODE + 1,
+            max_listing_entries=self.config.max_listing_entries,
+            budget=self.budget,
         )
+        datapath.on_changed = self._stale
+        #: tells the kernel to forget a cached name (parent inode, name); replaceable in tests
+        self.invalidate_entry: Callable[[int, bytes], None] = _invalidate_entry
         self.walks = WalkDetector(self.config.walk_prefetch, self.config.small_file_size)
         self._describe = describe
         self._files: dict[int, _FileHandle] = {}
@@ -165,13 +205,15 @@ class Operations(pyfuse3.Operations):
         self._reported: set[tuple[str, str]] = set()
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._mount_time_ns = time.time_ns()  # the mtime of directories that have none
-        self.listings = ListingPrefetcher(
+        self.listings = Listings(
             self.table,
             self._list_accepted,
             stats,
+            budget=self.budget,
             concurrency=self.config.listing_prefetch,
             queue=self.config.listing_prefetch_queue,
-            wait_timeout=self.request_timeout,
+            pages_ahead=self.config.listing_pages_ahead,
+            background_timeout=self.request_timeout,
         )
         # Set once the kernel's INIT is answered (pyfuse3 calls init() just before replying).
         self.initialized = trio.Event()
@@ -189,8 +231,22 @@ class Operations(pyfuse3.Operations):
     def _count_error(self, code: int) -> None:
         self.stats.incr(f"errors.{errno.errorcode.get(code, str(code))}")
 
-    def _changed(self, old: ObjectInfo) -> None:
-        self.datapath.forget_path(old.path)
+    def _changed(self, old: Node) -> None:
+        """`old`'s path now maps to a newer version (a new inode): the kernel must look the name
+        up again rather than reuse its dentry for the old inode."""
+        self.stats.incr("versions_changed")
+        parent_path, _, name = old.path.rpartition("/")
+        parent = self.table.by_path(parent_path) if old.path else None
+        if parent is not None:
+            self.invalidate_entry(parent.inode, os.fsencode(name))
+
+    def _stale(self, path: str, etag: str | None) -> None:
+        """A read of `path` at `etag` was refused (412): that version is gone. Revalidate the
+        name at its next use, and have the kernel look it up again."""
+        node = self.table.by_path(path)
+        if node is not None and node.info.etag == etag:
+            self.table.mark_stale(node)
+            self._changed(node)
 
     def _node(self, inode: int) -> Node:
         node = self.table.get(inode)
@@ -236,17 +292,34 @@ class Operations(pyfuse3.Operations):
         return a
 
     async def _stat(self, path: str) -> ObjectInfo:
-        self.stats.incr("backend.stat")
-        with trio.fail_after(self.request_timeout):
-            return await self.backend.stat(path)
+        return await self._retrying("stat", self.backend.stat, path)
 
     async def _list_page(self, path: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        self.stats.incr("backend.list")
-        with trio.fail_after(self.request_timeout):
-            return await self.backend.list_page(path, token)
+        return await self._retrying("list", self.backend.list_page, path, token)
 
-    async def _refresh(self, node: Node) -> Node:
-        """`node` with attributes no older than the attribute timeout."""
+    async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """`fn(*args)`, retrying transient failures with jittered backoff until the caller's
+        deadline (the request's, set by `_handler`) cancels it."""
+        attempt = 0
+        while True:
+            self.stats.incr(f"backend.{what}")
+            try:
+                return await fn(*args)
+            except Transient as e:
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                self.stats.incr("metadata_retries")
+                log.debug("%s %r: %s; retrying in %.2f s", what, args[0], e, delay)
+                await trio.sleep(delay)
+
+    async def _refresh(self, node: Node, *, opening: bool = False) -> Node:
+        """`node` with attributes no older than the attribute timeout. A node superseded by a
+        newer version of its file keeps describing its own version (handles are open on it),
+        except that it cannot be opened again: ESTALE, and the kernel looks the name up anew."""
+        if self.table.by_path(node.path) is not node and node is not self.table.root:
+            if opening:
+                raise FUSEError(errno.ESTALE)
+            return node
         if self.table.is_fresh(node):
             return node
         started = self.table.clock()
@@ -270,7 +343,8 @@ class Operations(pyfuse3.Operations):
                 raise
         current = self.table.update(info, fetched=started)
         if current is not node and node is not self.table.root:
-            raise FUSEError(errno.ESTALE)  # changed kind: the kernel must look it up afresh
+            if opening or current.info.is_dir != node.info.is_dir:
+                raise FUSEError(errno.ESTALE)  # the kernel must look it up afresh
         return node
 
     def _child_path(self, parent: Node, name: bytes) -> str:
@@ -350,12 +424,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.info.is_dir:
             raise FUSEError(errno.ENOTDIR)
-        handle = _DirHandle(node, started=self.table.clock())
-        listing = self.table.listing(node.path)
-        if listing is not None:
-            handle.entries, handle.done, handle.started = listing.entries, True, listing.fetched
         fh = self._fh()
-        self._dirs[fh] = handle
+        self._dirs[fh] = _DirHandle(node, self.listings.open(node.path))
         return fh
 
     @_handler("readdir")
@@ -376,34 +446,30 @@ class Operations(pyfuse3.Operations):
                 return
             start_id = _FIRST_ENTRY
         i = start_id - _FIRST_ENTRY
-        if not handle.done and handle.token is None and not handle.entries:
-            await self._adopt_background_listing(handle)
         while True:
-            if i >= len(handle.entries):
-                if handle.done:
+            stream = handle.stream
+            if i >= len(stream.entries):
+                if stream.done:
                     if not handle.prefetched:
-                        handle.prefetched = self.listings.prefetch(handle.entries)
+                        handle.prefetched = self.listings.prefetch(stream.entries)
                     return
                 # Stream: one LIST page at a time, and reply with it before asking for the next.
-                await self._fetch_page(handle)
+                try:
+                    handle.stream = await self.listings.more(stream)
+                except NotFound:
+                    if node is not self.table.root:
+                        raise
+                    # A prefix that vanished shows as an empty directory, not a broken mount.
+                    handle.stream = DirStream.complete(node.path, [], self.table.clock())
                 continue
-            info = handle.entries[i]
-            child = self.table.remember(info, fetched=handle.started)
+            info = stream.entries[i]
+            child = self.table.remember(info, fetched=stream.started)
             if not pyfuse3.readdir_reply(
                 token, os.fsencode(info.name), self.attributes(child), i + _FIRST_ENTRY + 1
             ):
                 self.table.forget(child.inode, 1)
                 return
             i += 1
-
-    async def _fetch_page(self, handle: _DirHandle) -> None:
-        path = handle.node.path
-        page, token = await self._list_accepted(path, handle.token)
-        handle.entries.extend(page)
-        handle.token = token
-        if not token:
-            handle.done = True
-            self.table.store_listing(path, handle.entries, handle.started)
 
     async def _list_accepted(
         self, path: str, token: str | None
@@ -427,13 +493,6 @@ class Operations(pyfuse3.Operations):
                 self._log_once(("name", e.path), "skipping entry %r: not a safe name", e.path)
         return out
 
-    async def _adopt_background_listing(self, handle: _DirHandle) -> None:
-        """If `handle`'s directory is being listed in the background, wait for that listing
-        rather than issue a second LIST."""
-        listing = await self.listings.wait_for(handle.node.path)
-        if listing is not None and not handle.done and not handle.entries:
-            handle.entries, handle.done, handle.started = listing.entries, True, listing.fetched
-
     def _log_once(self, key: tuple[str, str], msg: str, *args: Any) -> None:
         if key not in self._reported and len(self._reported) < 10_000:
             self._reported.add(key)
@@ -441,7 +500,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler("releasedir")
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        handle = self._dirs.pop(fh, None)
+        if handle is not None:
+            self.listings.release(handle.stream)
 
     @_handler("fsyncdir")
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -460,14 +521,13 @@ class Operations(pyfuse3.Operations):
             self._stats_files[fh] = json.dumps(self.describe(), sort_keys=True).encode() + b"\n"
             # direct_io: the size is unknown until open, and must not be cached.
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        node = await self._refresh(self._node(inode))
+        node = await self._refresh(self._node(inode), opening=True)
         if node.info.is_dir:
             raise FUSEError(errno.EISDIR)
         info = node.info
         reader = self.datapath.open(info.path, info)
-        # The page cache survives only while the object is the one the last open saw.
-        keep = node.last_open_etag is not None and node.last_open_etag == info.etag
-        node.last_open_etag = info.etag
+        # An inode is one version of the file: its page cache is valid for as long as it lives.
+        keep = info.etag is not None
         fh = self._fh()
         self._files[fh] = _FileHandle(node, reader)
         self._prefetch_walk(info)
@@ -568,5 +628,7 @@ class Operations(pyfuse3.Operations):
         for handle in self._files.values():
             handle.reader.close()
         self._files.clear()
+        for dh in self._dirs.values():
+            self.listings.release(dh.stream)
         self._dirs.clear()
         self.table.forget_all()

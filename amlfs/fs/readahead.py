@@ -1,4 +1,5 @@
-"""Per-handle access-pattern detection and read-ahead window: pure policy, no I/O, no trio.
+"""Read-ahead policy: per-handle access-pattern detection and window, and the detection of
+in-order directory walks (whose next small files are worth fetching). Pure policy: no I/O, no trio.
 
 The data path feeds every read (offset, size, whether its bytes were already cached) to a
 `ReadAhead` and gets back an `Advice`: the range to fetch if the read must wait (`demand`) and the
@@ -27,8 +28,13 @@ The policy follows the peers (see /work/shared/design.md, "The read path"):
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backends.base import ObjectInfo
+    from .inodes import Listing
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -94,6 +100,7 @@ class ReadAhead:
             return Advice((0, self.file_size))
 
         self.max_request = max(self.max_request, min(end - offset, 4 * MiB))
+        self.window = max(1, min(self.window, self.cap))
         reset = False
         if self.pos is None:
             self._new_stream(offset)
@@ -199,10 +206,14 @@ class ReadAhead:
         if self.requested >= self.file_size or self.requested - self.pos >= self.window // 2:
             return []
         target = self.pos + self.window
-        end = self._block_end(target - 1)
-        if end - self.pos > self.cap:
-            # Whole blocks only; round down so that the outstanding bytes stay within the cap.
-            end = (target // self.block_size) * self.block_size
+        if self.cap < self.block_size:
+            # A share of the budget smaller than a block: prefetch in pieces of the window.
+            end = min(self.file_size, -(-target // RANDOM_ALIGN) * RANDOM_ALIGN)
+        else:
+            end = self._block_end(target - 1)
+            if end - self.pos > self.cap:
+                # Whole blocks; round down so that the outstanding bytes stay within the cap.
+                end = (target // self.block_size) * self.block_size
         if end <= self.requested:
             return []
         out: list[Range] = []
@@ -213,3 +224,58 @@ class ReadAhead:
             start = stop
         self.requested = end
         return out
+
+
+# --- directory walks ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Walk:
+    last: int
+    streak: int
+    prefetched_upto: int
+
+
+class WalkDetector:
+    """Spots a reader opening a directory's files in listing order (an image dataset read by a
+    data loader) and names the next small files worth fetching before they are opened.
+
+    Parallel readers open neighbouring files slightly out of order, so any open within `slack`
+    positions of the furthest one seen counts as part of the walk.
+    """
+
+    def __init__(
+        self, ahead: int, max_size: int, *, slack: int = 16, streak: int = 2, max_dirs: int = 256
+    ):
+        self.ahead = ahead
+        self.max_size = max_size
+        self.slack = slack
+        self.streak = streak
+        self.max_dirs = max_dirs
+        self._walks: OrderedDict[str, _Walk] = OrderedDict()
+
+    def on_open(self, directory: str, listing: Listing, name: str) -> list[ObjectInfo]:
+        """Note that `name` in `directory` was opened; return the files to prefetch now."""
+        pos = listing.position(name)
+        if pos is None or self.ahead <= 0:
+            return []
+        walk = self._walks.get(directory)
+        if walk is not None and walk.last - self.slack < pos <= walk.last + self.slack:
+            if pos != walk.last:
+                walk.streak += 1
+            walk.last = max(walk.last, pos)
+            self._walks.move_to_end(directory)
+        else:
+            walk = self._walks[directory] = _Walk(last=pos, streak=1, prefetched_upto=pos)
+            while len(self._walks) > self.max_dirs:
+                self._walks.popitem(last=False)
+        if walk.streak < self.streak:
+            return []
+        start = max(walk.prefetched_upto, walk.last) + 1
+        stop = min(len(listing.entries), walk.last + 1 + self.ahead)
+        if start >= stop:
+            return []
+        walk.prefetched_upto = stop - 1
+        return [
+            e for e in listing.entries[start:stop] if not e.is_dir and 0 < e.size <= self.max_size
+        ]
