@@ -204,9 +204,11 @@ def test_exit_codes_of_a_live_mount(env):
     mp = str(Path(env["tmp"], "mnt"))
     try:
         assert cli(env, "mount", "loc:d", mp).returncode == 0
-        for args in (["stats", mp], ["logs", mp], ["mounts"]):
+        watch = ["stats", "--watch", "--interval", "0.2", "--count", "2", mp]
+        for args in (["stats", mp], ["logs", mp], ["mounts"], watch):
             r = cli(env, *args)
             assert r.returncode == 0, (args, r.stderr)
+        assert r.stdout.count("RATE") == 2 and "/s" in r.stdout, r.stdout
         assert cli(env, "mount", "loc:d", mp).returncode == 2  # already mounted
         assert cli(env, "unmount", mp).returncode == 0
     finally:
