@@ -207,7 +207,7 @@ def _register_blob(reg, azurite, container, *extra, key=KEY, url=None):
         ("wrong key", "authentication failed"),
         ("missing container", "not found"),
         ("unreachable", "unreachable"),
-        ("file share on a blob-only host", "datastore 'chk' not registered"),
+        ("file share on a blob-only host", "does this endpoint serve Azure Files?"),
     ],
 )
 def test_register_verifies_and_says_what_failed(reg, azurite, container, case, expected):

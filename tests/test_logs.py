@@ -121,3 +121,14 @@ def test_logs_of_an_unknown_mountpoint_exit_2(tmp_path, state):
         [sys.executable, "-m", "amlfs", "logs", str(tmp_path)], capture_output=True, text=True
     )
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "mount it first" in r.stderr
+
+
+def test_logs_of_unused_mountpoints_are_pruned(state, tmp_path):
+    state.mkdir(parents=True)
+    old, new = state / "old.log", state / "new.log"
+    old.write_text("x")
+    new.write_text("y")
+    month = logs.KEEP_DAYS * 86400
+    os.utime(old, (1_000_000, 1_000_000))
+    assert logs.prune(now=1_000_000 + month + 1) == 1
+    assert not old.exists() and new.exists()
