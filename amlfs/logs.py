@@ -13,6 +13,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ BACKUPS = 3
 #: logs of mountpoints unused this long are removed when a daemon starts (temporary mountpoints)
 KEEP_DAYS = 30
 FILE, JOURNAL, STDERR = "file", "journal", "stderr"
+_LOG_NAME_RE = re.compile(r"\.(log(\.\d+)?|where)$")  # MOUNT.log, MOUNT.log.1, MOUNT.where
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 _JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the journal adds time and pid
 
@@ -145,13 +147,21 @@ def configure_daemon(mountpoint: str, debug: bool, log_file: str | None = None) 
 
 
 def prune(now: float | None = None) -> int:
-    """Remove the logs and records of mountpoints not used for KEEP_DAYS (best effort); the
-    number of files removed."""
+    """Remove the logs and records of mountpoints not used for KEEP_DAYS and not mounted now
+    (best effort); the number of files removed."""
     cutoff = (time.time() if now is None else now) - KEEP_DAYS * 86400
     removed = 0
     try:
+        from .fs.control import list_mounts
+
+        live = {_key(m.mountpoint) for m in list_mounts()}  # a quiet mount keeps its log
+    except Exception:  # noqa: BLE001 - no mount table: prune by age alone
+        live = set()
+    try:
         with os.scandir(logs_dir()) as it:
             for entry in it:
+                if _LOG_NAME_RE.sub("", entry.name) in live:
+                    continue
                 try:
                     if entry.is_file() and entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)

@@ -132,3 +132,22 @@ def test_logs_of_unused_mountpoints_are_pruned(state, tmp_path):
     os.utime(old, (1_000_000, 1_000_000))
     assert logs.prune(now=1_000_000 + month + 1) == 1
     assert not old.exists() and new.exists()
+
+
+@needs_fuse
+def test_prune_keeps_the_log_of_a_live_mount(state, tmp_path, local_config):
+    m = Mounts(tmp_path, local_config)
+    mp = m.mountpoint("quiet.mnt")
+    m.mounted.append(mp)
+    try:
+        assert m.cli("mount", "loc:", str(mp)).returncode == 0
+        m.pids.append(m.pid(mp))
+        log_path = logs.default_log_path(str(mp))
+        os.utime(log_path, (1, 1))
+        logs.prune()
+        assert log_path.exists()
+    finally:
+        m.cleanup()
+    os.utime(log_path, (1, 1))  # the daemon's last line ("unmounted") touched it
+    logs.prune()
+    assert not log_path.exists()
