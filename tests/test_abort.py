@@ -215,3 +215,19 @@ def test_open_backend_passes_retry_total(kind, retry_total):
             backend.read_range_into("f", 0, memoryview(bytearray(4)))
         assert len(server.requests) == retry_total + 1
         backend.close()
+
+
+def test_call_that_fails_runs_on_exit_and_leaves_the_abort_alone():
+    def boom():
+        raise ValueError("no")
+
+    exits = []
+
+    async def main():
+        tb = TrioBackend(open_backend(DatastoreConfig(name="l", type="local", path="/")), 2)
+        abort = Abort()
+        with pytest.raises(ValueError):
+            await tb.call(boom, abort=abort, on_exit=lambda: exits.append(1))
+        assert exits == [1] and not abort.cancelled and tb.limiter.borrowed_tokens == 0
+
+    trio.run(main)

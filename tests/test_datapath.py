@@ -710,9 +710,9 @@ def test_prefetch_files_fetches_small_files_ahead_once():
         infos = [backend.info(p) for p in sorted(files)]
         dp.prefetch_files(infos)
         dp.prefetch_files(infos)  # duplicates are ignored
-        assert dp._files_pending == 8  # bounded
+        assert dp.fetcher.files_pending == 8  # bounded
         await trio.sleep(0.3)
-        assert dp._files_pending == 0
+        assert dp.fetcher.files_pending == 0
         for p in sorted(files)[:8]:
             r = dp.open(p, backend.info(p))
             assert await r.read(0, 1 << 20) == files[p]

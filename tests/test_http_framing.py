@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import threading
 import time
 
@@ -379,4 +380,39 @@ def test_read_to_fd_checks_the_range_too(tmp_path):
             assert os.path.getsize(tmp_path / "out") == 0  # nothing written
             assert client.read_to_fd("x", 100, 3, f.fileno(), 0) == 3
             assert f.read() == BODY[100:103]
+        client.close()
+
+
+class _SignallingAbort(Abort):
+    """An Abort that says when the call has attached a closer (it is blocked on a socket)."""
+
+    __slots__ = ("attached",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attached = threading.Event()
+
+    def attach(self, closer) -> None:
+        super().attach(closer)
+        self.attached.set()
+
+
+@pytest.mark.parametrize("where", ["tls-handshake", "proxy-connect"])
+def test_abort_while_a_connection_is_being_set_up(where, monkeypatch):
+    """A peer that accepts TCP and then says nothing: the TLS handshake, or the proxy's answer
+    to CONNECT, stalls until the abort shuts the socket down."""
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # the kernel accepts; nobody answers
+        url = f"https://127.0.0.1:{mute.getsockname()[1]}/acct"
+        if where == "proxy-connect":
+            monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{mute.getsockname()[1]}")
+            url = "https://storage.example.invalid/acct"
+        client = BlobFastPath(url, "c", None, retry_total=3)
+        abort = _SignallingAbort()
+        t = threading.Thread(target=lambda: abort.attached.wait(5) and abort.cancel())
+        t.start()
+        t0 = time.monotonic()
+        with pytest.raises(Aborted):
+            client.read_into("x", 0, memoryview(bytearray(4)), abort=abort)
+        assert time.monotonic() - t0 < 2
+        t.join()
         client.close()

@@ -8,6 +8,7 @@ over 255 bytes) never appear in listings or walks; each is logged once.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
 import threading
@@ -160,6 +161,8 @@ class BlobBackend(AzureBackend):
                     retry_backoff=retry_backoff,
                     **({"api_version": api_version} if api_version else {}),
                 )
+            except binascii.Error:
+                raise  # a malformed account key: open_backend says so in one line
             except ValueError as e:  # a proxy it cannot tunnel through: the SDK gets through
                 log.info("%s: reads go through the SDK: %s", self.description, e)
 

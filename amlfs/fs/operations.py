@@ -1,10 +1,8 @@
 """The pyfuse3 request handlers of a read-only mount.
 
-Every handler goes through `_handler`, the one place where exceptions become errno values: only
-FUSEError leaves this module (pyfuse3's main loop dies on anything else). Backend errors carry
-their errno; a timeout is EIO; anything unexpected is EIO, logged with its traceback once.
+Every handler goes through `handlers.handler`, the one place where exceptions become errno values.
 
-Time: every request is answered within `request_timeout` of its arrival (`_handler` bounds it);
+Time: every request is answered within `request_timeout` of its arrival (`handler` bounds it);
 metadata calls retry transient failures with backoff inside that bound (the backend itself does
 not retry: one retry layer).
 
@@ -21,23 +19,20 @@ the kernel stop asking (measured: 20,000 fewer requests for `ls -lR` of 10,000 f
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
 import random
-import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
 from ..backends.base import (
-    BackendError,
     NotFound,
     ObjectInfo,
     Transient,
@@ -45,8 +40,10 @@ from ..backends.base import (
     is_safe_name,
     join,
 )
+from . import attrs
 from .budget import MemoryBudget
-from .datapath import BACKOFF_BASE, BACKOFF_MAX
+from .fetcher import BACKOFF_BASE, BACKOFF_MAX
+from .handlers import handler, invalidate_entry, refuse
 from .inodes import InodeTable, Node, Timeouts
 from .listings import DirStream, Listings
 from .readahead import WalkDetector
@@ -59,17 +56,11 @@ log = logging.getLogger(__name__)
 
 STATS_NAME = ".__amlfs_stats__"
 STATS_INODE = pyfuse3.ROOT_INODE + 1  # reserved; the inode table starts after it
-# What stat(2) reports as the preferred I/O size: big enough for few round trips through FUSE,
-# small enough that buffered readers (Python's io uses it) do not allocate megabytes per file.
-BLKSIZE = 128 * 1024
 # O_APPEND alone is fine on a read-only open (Linux allows O_RDONLY | O_APPEND).
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _STATS_NAME_B = STATS_NAME.encode()
 # Entries 1 and 2 of every directory are '.' and '..'; listing entry i has offset i + 3.
 _FIRST_ENTRY = 2
-
-_OPAQUE = (pyfuse3.RequestContext, pyfuse3.ReaddirToken)
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass
@@ -100,65 +91,6 @@ class _DirHandle:
 class _FileHandle:
     node: Node
     reader: FileReader
-
-
-def _handler(op: str) -> Callable[[F], F]:
-    """Count the request and turn every failure into a FUSEError with the right errno."""
-
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        async def wrapper(self: Operations, *args: Any) -> Any:
-            self.stats.incr(f"requests.{op}")
-            if self._debug:
-                log.debug("%s%r", op, tuple(a for a in args if not isinstance(a, _OPAQUE)))
-            try:
-                with trio.fail_after(self.request_timeout):
-                    return await fn(self, *args)
-            except FUSEError as e:
-                if e.errno != errno.ENOSYS:  # by design (xattrs): the kernel stops asking
-                    self._count_error(e.errno)
-                raise
-            except BackendError as e:
-                self._count_error(e.errno)
-                level = logging.DEBUG if e.errno == errno.ENOENT else logging.WARNING
-                log.log(level, "%s: %s", op, e)
-                raise FUSEError(e.errno) from None
-            except trio.TooSlowError:
-                self._count_error(errno.EIO)
-                log.warning(
-                    "%s: the storage did not answer within %.0f s", op, self.request_timeout
-                )
-                raise FUSEError(errno.EIO) from None
-            except Exception as e:
-                self._count_error(errno.EIO)
-                key = (op, type(e).__name__)
-                if key not in self._reported:
-                    self._reported.add(key)
-                    log.exception("%s: unexpected failure (further ones logged in one line)", op)
-                else:
-                    log.error("%s: unexpected failure: %r", op, e)
-                raise FUSEError(errno.EIO) from None
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-def _invalidate_entry(parent_inode: int, name: bytes) -> None:
-    """Ask the kernel to drop its dentry for `name` (queued: safe inside a request handler)."""
-    try:
-        pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
-    except Exception as e:  # no kernel connection (tests, shutdown): nothing to invalidate
-        log.debug("cannot invalidate %r in inode %d: %s", name, parent_inode, e)
-
-
-def _refuse(op: str, code: int = errno.EROFS) -> Callable[..., Awaitable[Any]]:
-    @_handler(op)
-    async def refuse(self: Operations, *args: Any) -> Any:
-        raise FUSEError(code)
-
-    refuse.__name__ = op
-    return refuse
 
 
 class Operations(pyfuse3.Operations):
@@ -195,7 +127,7 @@ class Operations(pyfuse3.Operations):
         )
         datapath.on_changed = self._stale
         #: tells the kernel to forget a cached name (parent inode, name); replaceable in tests
-        self.invalidate_entry: Callable[[int, bytes], None] = _invalidate_entry
+        self.invalidate_entry: Callable[[int, bytes], None] = invalidate_entry
         self.walks = WalkDetector(self.config.walk_prefetch, self.config.small_file_size)
         self._describe = describe
         self._files: dict[int, _FileHandle] = {}
@@ -260,36 +192,13 @@ class Operations(pyfuse3.Operations):
         return fh
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        info = node.info
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = node.inode
-        a.generation = 0
-        a.entry_timeout = self.timeouts.attr
-        a.attr_timeout = self.timeouts.attr
-        if info.is_dir:
-            a.st_mode = stat.S_IFDIR | 0o555
-            a.st_size = 0
-        else:
-            a.st_mode = stat.S_IFREG | 0o444
-            a.st_size = info.size
-        # 1 means "not counted": tools must not infer the number of subdirectories from it.
-        a.st_nlink = 1
-        a.st_uid = self.config.uid
-        a.st_gid = self.config.gid
-        a.st_blksize = BLKSIZE
-        a.st_blocks = (a.st_size + 511) // 512
-        mtime = int(info.mtime * 1e9) if info.mtime else self._mount_time_ns
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
-        return a
+        return attrs.entry(
+            node, self.timeouts.attr, self.config.uid, self.config.gid, self._mount_time_ns
+        )
 
     def _negative(self) -> pyfuse3.EntryAttributes:
-        # st_ino = 0 lets the kernel cache the miss for entry_timeout.
         self.stats.incr("negative_lookups")
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = 0
-        a.entry_timeout = self.timeouts.negative
-        a.attr_timeout = self.timeouts.negative
-        return a
+        return attrs.negative(self.timeouts.negative)
 
     async def _stat(self, path: str) -> ObjectInfo:
         return await self._retrying("stat", self.backend.stat, path)
@@ -299,7 +208,7 @@ class Operations(pyfuse3.Operations):
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`fn(*args)`, retrying transient failures with jittered backoff until the caller's
-        deadline (the request's, set by `_handler`) cancels it."""
+        deadline (the request's, set by `handler`) cancels it."""
         attempt = 0
         while True:
             self.stats.incr(f"backend.{what}")
@@ -355,7 +264,7 @@ class Operations(pyfuse3.Operations):
 
     # --- metadata --------------------------------------------------------------------------------
 
-    @_handler("lookup")
+    @handler("lookup")
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
@@ -397,7 +306,7 @@ class Operations(pyfuse3.Operations):
         except Exception:
             log.exception("forget failed")
 
-    @_handler("getattr")
+    @handler("getattr")
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
@@ -405,10 +314,10 @@ class Operations(pyfuse3.Operations):
             return self._stats_attributes()
         return self.attributes(await self._refresh(self._node(inode)))
 
-    @_handler("statfs")
+    @handler("statfs")
     async def statfs(self, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        s.f_bsize = BLKSIZE
+        s.f_bsize = attrs.BLKSIZE
         s.f_frsize = 4096
         # Remote storage has no meaningful capacity; nothing is free on a read-only mount.
         s.f_blocks = s.f_bfree = s.f_bavail = 0
@@ -419,7 +328,7 @@ class Operations(pyfuse3.Operations):
 
     # --- directories -----------------------------------------------------------------------------
 
-    @_handler("opendir")
+    @handler("opendir")
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> int:
         node = self._node(inode)
         if not node.info.is_dir:
@@ -428,7 +337,7 @@ class Operations(pyfuse3.Operations):
         self._dirs[fh] = _DirHandle(node, self.listings.open(node.path))
         return fh
 
-    @_handler("readdir")
+    @handler("readdir")
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
@@ -498,19 +407,19 @@ class Operations(pyfuse3.Operations):
             self._reported.add(key)
             log.warning(msg, *args)
 
-    @_handler("releasedir")
+    @handler("releasedir")
     async def releasedir(self, fh: int) -> None:
         handle = self._dirs.pop(fh, None)
         if handle is not None:
             self.listings.release(handle.stream)
 
-    @_handler("fsyncdir")
+    @handler("fsyncdir")
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
     # --- files -----------------------------------------------------------------------------------
 
-    @_handler("open")
+    @handler("open")
     async def open(
         self, inode: int, flags: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.FileInfo:
@@ -543,7 +452,7 @@ class Operations(pyfuse3.Operations):
             self.stats.incr("walk_prefetch_files", len(upcoming))
             self.datapath.prefetch_files(upcoming)
 
-    @_handler("read")
+    @handler("read")
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files.get(fh)
         if handle is None:
@@ -555,24 +464,24 @@ class Operations(pyfuse3.Operations):
         self.stats.incr("bytes_read", len(data))
         return data
 
-    @_handler("release")
+    @handler("release")
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None:
             handle.reader.close()
         self._stats_files.pop(fh, None)
 
-    @_handler("flush")
+    @handler("flush")
     async def flush(self, fh: int) -> None:
         return None
 
-    @_handler("fsync")
+    @handler("fsync")
     async def fsync(self, fh: int, datasync: bool) -> None:
         return None
 
     # --- extended attributes ---------------------------------------------------------------------
 
-    @_handler("getxattr")
+    @handler("getxattr")
     async def getxattr(
         self, inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
     ) -> bytes:
@@ -580,22 +489,14 @@ class Operations(pyfuse3.Operations):
         # spares `ls -l` a round trip per file for its ACL and SELinux probes.
         raise FUSEError(errno.ENOSYS)
 
-    @_handler("listxattr")
+    @handler("listxattr")
     async def listxattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> Sequence[bytes]:
         raise FUSEError(errno.ENOSYS)
 
     def _stats_attributes(self) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = STATS_INODE
-        a.entry_timeout = a.attr_timeout = 0  # never cached: every read is live
-        a.st_mode = stat.S_IFREG | 0o444
-        a.st_nlink = 1
-        a.st_uid, a.st_gid = self.config.uid, self.config.gid
-        a.st_blksize = BLKSIZE
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
-        return a
+        return attrs.stats_file(STATS_INODE, self.config.uid, self.config.gid)
 
     def describe(self) -> dict[str, Any]:
         """Live facts and counters, served as the root's unlisted STATS_NAME file."""
@@ -608,18 +509,18 @@ class Operations(pyfuse3.Operations):
 
     # --- everything that would write -------------------------------------------------------------
 
-    setattr = _refuse("setattr")
-    setxattr = _refuse("setxattr")
-    removexattr = _refuse("removexattr")
-    mknod = _refuse("mknod")
-    mkdir = _refuse("mkdir")
-    unlink = _refuse("unlink")
-    rmdir = _refuse("rmdir")
-    symlink = _refuse("symlink")
-    rename = _refuse("rename")
-    link = _refuse("link")
-    create = _refuse("create")
-    write = _refuse("write")
+    setattr = refuse("setattr")
+    setxattr = refuse("setxattr")
+    removexattr = refuse("removexattr")
+    mknod = refuse("mknod")
+    mkdir = refuse("mkdir")
+    unlink = refuse("unlink")
+    rmdir = refuse("rmdir")
+    symlink = refuse("symlink")
+    rename = refuse("rename")
+    link = refuse("link")
+    create = refuse("create")
+    write = refuse("write")
 
     # --- teardown --------------------------------------------------------------------------------
 

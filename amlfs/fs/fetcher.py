@@ -1,0 +1,319 @@
+"""The fetches of the mount's read path: each is one extent in flight, with its priority, the
+handles that want it, and how to stop it; `Fetcher` runs them as tasks in its nursery, so a fetch
+outlives the read that started it and can be shared, and settles the memory of its buffer.
+
+Priority: fetches a reader waits for take a slot of `max_inflight` directly; prefetches must
+first get a slot of a smaller limiter that leaves `DEMAND_RESERVE` slots to readers, small-file
+prefetches a slot of a smaller one still. A reader that needs a queued prefetch promotes it.
+
+Cancellation: a fetch nobody wants any more is cancelled: the backend call is aborted (the
+connection is shut down, so its worker thread stops receiving at once) and its buffer stays
+charged to the budget until that thread has really let go of it.
+
+Time: a fetch streams into its buffer (readers are woken as bytes arrive), retries transient
+failures with jittered backoff (the only retry layer: the mount's backend does not retry), and
+gives up after `read_timeout` without progress.
+
+Concurrency contract: the trio thread only, except the progress callbacks, which hop to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from ..backends.base import Abort, BackendError, Changed, Transient, TrioBackend
+from .blockcache import BlockCache, Extent
+from .budget import MemoryBudget
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+DEMAND, PREFETCH, FILES = 0, 1, 2
+DEMAND_RESERVE = 2  # concurrency slots that prefetch may never take
+BACKOFF_BASE = 0.1
+BACKOFF_MAX = 4.0
+
+
+class Fetch:
+    """One extent in flight: its priority, who wants it, and how to stop it."""
+
+    __slots__ = (
+        "extent", "priority", "files", "owners", "waiters", "scope", "started", "buffer", "charged"
+    )  # fmt: skip
+
+    def __init__(self, extent: Extent, priority: int):
+        self.extent = extent
+        self.priority = priority
+        self.files = priority == FILES  # a small-file prefetch (counted in _files_pending)
+        self.owners: set[object] = set()  # handles (or the small-file prefetcher) that asked
+        self.waiters = 0  # reads blocked on it
+        self.scope: trio.CancelScope | None = None  # of the task running it
+        self.started = False  # its backend call has been issued
+        self.buffer: bytearray | None = None  # the buffer of the attempt in progress
+        # Its buffer's bytes are charged to the budget ("inflight") and this fetch must give
+        # them back (False once they moved to the cache or to a worker thread still using them).
+        self.charged = True
+
+    @property
+    def pending(self) -> bool:
+        return self.extent.pending
+
+    @property
+    def start(self) -> int:
+        return self.extent.start
+
+    @property
+    def demand(self) -> bool:
+        return self.priority == DEMAND
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.owners) or self.waiters > 0
+
+    def __repr__(self) -> str:
+        return f"<Fetch {self.extent!r} priority={self.priority} started={self.started}>"
+
+
+class Fetcher:
+    """Runs the fetches of one mount: limiters by priority, retries, cancellation, memory."""
+
+    def __init__(
+        self,
+        backend: TrioBackend,
+        cache: BlockCache,
+        budget: MemoryBudget,
+        stats: Stats,
+        *,
+        read_timeout: float,
+        max_inflight: int,
+    ):
+        self.backend = backend
+        self.cache = cache
+        self.budget = budget
+        self.stats = stats
+        self.read_timeout = read_timeout
+        n = max_inflight
+        self._limiter = trio.CapacityLimiter(n)
+        self._prefetch_limiter = trio.CapacityLimiter(max(1, n - DEMAND_RESERVE))
+        self._files_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
+        self.files_pending = 0  # small-file prefetches not over yet
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        #: told (path, etag) when a fetch finds the object changed (HTTP 412)
+        self.on_changed: Callable[[str, str | None], None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Host the fetch tasks until cancelled. Start with `await nursery.start(f.run)`."""
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def start(self, path: str, etag: str | None, lo: int, hi: int, priority: int) -> Fetch:
+        """A fetch of [lo, hi), indexed in the cache; its buffer must already be charged to the
+        budget ("inflight")."""
+        ext = self.cache.add(path, etag, lo, hi, prefetch=priority != DEMAND)
+        fetch = ext.fetch = Fetch(ext, priority)
+        if priority == FILES:
+            self.files_pending += 1
+        self._spawn(fetch)
+        return fetch
+
+    def _spawn(self, fetch: Fetch) -> None:
+        if self._nursery is None:
+            self._uncharge(fetch)
+            self._finish(fetch, BackendError("the mount is shutting down", fetch.extent.path))
+            return
+        scope = trio.CancelScope()
+        fetch.scope = scope
+        fetch.started = False
+        self._nursery.start_soon(self._fetch_task, fetch, scope)
+
+    def promote(self, fetch: Fetch) -> None:
+        """A reader waits for `fetch`: if it still queues at prefetch priority, requeue it."""
+        if fetch.priority == DEMAND:
+            return
+        fetch.priority = DEMAND
+        if not fetch.started and fetch.scope is not None:
+            self.stats.incr("prefetch_promoted")
+            fetch.scope.cancel()
+            self._spawn(fetch)
+
+    def release(self, fetch: Fetch, owner: object) -> None:
+        """`owner` no longer wants `fetch`: cancel it if nobody else does."""
+        fetch.owners.discard(owner)
+        ext = fetch.extent
+        if fetch.pending and not fetch.wanted and ext.filled < ext.size:
+            if fetch.scope is not None:
+                fetch.scope.cancel()
+            self.stats.incr("fetches_cancelled")
+            self._finish(fetch, BackendError("fetch cancelled", fetch.extent.path))
+
+    def _finish(self, fetch: Fetch, error: BackendError) -> None:
+        """`fetch` failed or was given up (its buffer's charge is settled by `_get`)."""
+        ext = fetch.extent
+        if not ext.pending:
+            return
+        if isinstance(error, Changed):
+            self.cache.forget(ext.path, ext.etag, all_versions=False)
+            if self.on_changed is not None:
+                self.on_changed(ext.path, ext.etag)
+        self.cache.fail(ext, error)
+        self._disown(fetch)
+
+    def _uncharge(self, fetch: Fetch) -> None:
+        if fetch.charged:
+            fetch.charged = False
+            self.budget.give("inflight", fetch.extent.size)
+
+    def _disown(self, fetch: Fetch) -> None:
+        """`fetch` is over (ready or failed): nobody owns it any more (its owners notice)."""
+        if fetch.files:
+            fetch.files = False
+            self.files_pending -= 1
+        fetch.owners.clear()
+
+    async def _fetch_task(self, fetch: Fetch, scope: trio.CancelScope) -> None:
+        ext = fetch.extent
+        limiters = [self._limiter]
+        if fetch.priority != DEMAND:
+            limiters.insert(0, self._prefetch_limiter)
+            if fetch.priority == FILES:
+                limiters.insert(0, self._files_limiter)
+        held: list[trio.CapacityLimiter] = []
+        try:
+            with scope:
+                try:
+                    for lim in limiters:
+                        await lim.acquire()
+                        held.append(lim)
+                    fetch.started = True
+                    await self._get(fetch)
+                finally:
+                    for lim in reversed(held):
+                        lim.release()
+        except BackendError as e:
+            if fetch.scope is scope:
+                if fetch.priority != DEMAND:
+                    log.debug("prefetch of %r [%d, %d) failed: %s", ext.path, ext.start, ext.end, e)
+                self._finish(fetch, e)
+        except Exception as e:  # a bug must not take the mount down: fail this read only
+            log.exception("fetch of %r [%d, %d) failed", ext.path, ext.start, ext.end)
+            if fetch.scope is scope:
+                self._finish(fetch, BackendError(f"{ext.path!r}: internal error: {e}", ext.path))
+        finally:
+            if fetch.scope is scope:  # (a promoted fetch's first task leaves it to the second)
+                self._uncharge(fetch)
+                if ext.pending:  # cancelled: shutdown, or nobody wants it
+                    self._finish(fetch, BackendError("the read was cancelled", ext.path))
+
+    async def _get(self, fetch: Fetch) -> None:
+        """Fetch the extent, retrying transient failures with jittered backoff; give up after
+        `read_timeout` without progress. On success the buffer's charge moves to the cache; an
+        attempt abandoned while its thread runs hands the charge to that thread (`_attempt`)."""
+        ext = fetch.extent
+        timeout = self.read_timeout
+        idle = trio.CancelScope(deadline=trio.current_time() + timeout)
+        last: BackendError | None = None
+        attempt = 0
+        buf = fetch.buffer = bytearray(ext.size)
+        ext.data = buf
+        with idle:
+            while True:
+                self.stats.incr("backend.read_range")
+                try:
+                    await self._attempt(fetch, buf, idle)
+                except Transient as e:
+                    last = e
+                    delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+                    if trio.current_time() + delay >= idle.deadline:
+                        break
+                    self.stats.incr("read_retries")
+                    attempt += 1
+                    await trio.sleep(delay)
+                    continue
+                fetch.charged = False
+                if self.cache.complete(ext, buf):
+                    self.budget.move("inflight", "cache", ext.size)
+                    self.budget.settle()
+                else:
+                    self.budget.give("inflight", ext.size)
+                self._disown(fetch)
+                return
+        why = f" (last error: {last})" if last is not None else ""
+        raise BackendError(f"reading {ext.path!r} timed out after {timeout:g} s{why}", ext.path)
+
+    async def _attempt(self, fetch: Fetch, buf: bytearray, idle: trio.CancelScope) -> None:
+        """One ranged read into `buf` from where the last attempt stopped. Progress wakes readers
+        and pushes back the idle deadline. If cancelled while the worker thread still runs, the
+        thread is aborted and `fetch.buffer` is cleared: its charge is given back when the thread
+        has really finished with the buffer."""
+        ext = fetch.extent
+        token = self._token
+        assert token is not None
+        timeout = self.read_timeout
+        base = ext.filled
+        state = {"live": True, "exited": False, "abandoned": False}
+        received = [0]
+
+        def count(n: int) -> None:
+            if n > received[0]:
+                self.stats.incr("bytes_fetched", n - received[0])
+                received[0] = n
+
+        def on_progress(n: int) -> None:  # trio thread
+            if state["live"] and ext.pending:
+                count(n)
+                ext.advance(base + n)
+                idle.deadline = max(idle.deadline, trio.current_time() + timeout)
+
+        def progress(n: int) -> None:  # worker thread
+            try:
+                token.run_sync_soon(on_progress, n)
+            except trio.RunFinishedError:
+                pass
+
+        def on_exit() -> None:  # trio thread, once the worker thread has ended
+            state["exited"] = True
+            if state["abandoned"]:
+                self.budget.give("inflight", ext.size)
+
+        abort = Abort()
+        try:
+            n = await self.backend.read_range_into(
+                ext.path,
+                ext.start + base,
+                memoryview(buf)[base:],
+                ext.etag,
+                progress=progress,
+                abort=abort,
+                on_exit=on_exit,
+            )
+        except trio.Cancelled:
+            state["live"] = False
+            if not state["exited"] and fetch.charged:
+                state["abandoned"] = True
+                fetch.charged = False
+                fetch.buffer = None
+            raise
+        finally:
+            state["live"] = False
+        count(n)
+        if base + n != ext.size:
+            raise BackendError(
+                f"{ext.path!r}: short read at {ext.start + base} ({base + n} of {ext.size}"
+                " bytes): the object is smaller than when it was opened",
+                ext.path,
+            )
