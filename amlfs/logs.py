@@ -3,7 +3,7 @@
 The daemon logs to the journal when systemd runs it (its stderr is the stream named by
 $JOURNAL_STREAM), to stderr when that is a terminal (`amlfs mount -f` by hand), to --log-file when
 given, else to a per-mount file under $XDG_STATE_HOME/amlfs/logs (~/.local/state/amlfs/logs),
-rotated at LOG_BYTES with BACKUPS old files. Each daemon records its choice in a small JSON file
+rotated at LOG_BYTES with BACKUPS old files, removed after KEEP_DAYS unused. Each daemon records its choice in a small JSON file
 beside the logs, keyed by the mountpoint, so that other commands can tell the user where to look.
 """
 
@@ -13,6 +13,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import tempfile
 import time
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 
 LOG_BYTES = 4 << 20
 BACKUPS = 3
+#: logs of mountpoints unused this long are removed when a daemon starts (temporary mountpoints)
+KEEP_DAYS = 30
 FILE, JOURNAL, STDERR = "file", "journal", "stderr"
+_LOG_NAME_RE = re.compile(r"\.(log(\.\d+)?|where)$")  # MOUNT.log, MOUNT.log.1, MOUNT.where
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 _JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the journal adds time and pid
 
@@ -114,6 +118,7 @@ def _file_handler(path: str) -> logging.Handler:
 def configure_daemon(mountpoint: str, debug: bool, log_file: str | None = None) -> LogTarget:
     """Send the daemon's logging where `choose_target` says, and record that for other commands.
     Uncaught exceptions are logged too (a background daemon's stderr may be /dev/null)."""
+    prune()  # first: a reused mountpoint's old log must not be removed once it is open
     target = choose_target(mountpoint, log_file)
     if target.kind == FILE:
         handler = _file_handler(str(target.path))
@@ -139,6 +144,33 @@ def configure_daemon(mountpoint: str, debug: bool, log_file: str | None = None) 
     sys.excepthook = log_uncaught
     _record(mountpoint, target)
     return target
+
+
+def prune(now: float | None = None) -> int:
+    """Remove the logs and records of mountpoints not used for KEEP_DAYS and not mounted now
+    (best effort); the number of files removed."""
+    cutoff = (time.time() if now is None else now) - KEEP_DAYS * 86400
+    removed = 0
+    try:
+        from .fs.control import list_mounts
+
+        live = {_key(m.mountpoint) for m in list_mounts()}  # a quiet mount keeps its log
+    except Exception:  # noqa: BLE001 - no mount table: prune by age alone
+        live = set()
+    try:
+        with os.scandir(logs_dir()) as it:
+            for entry in it:
+                if _LOG_NAME_RE.sub("", entry.name) in live:
+                    continue
+                try:
+                    if entry.is_file() and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return removed
 
 
 def _record(mountpoint: str, target: LogTarget) -> None:

@@ -43,14 +43,16 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
+            tty = should_show(None)
             self._bar = tqdm(
                 total=total_bytes,
                 desc=desc,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                file=sys.stderr,
-                mininterval=0.2,
+                # Not a terminal (--progress into a log): one line per update, not '\r' redraws.
+                file=sys.stderr if tty else LineWriter(sys.stderr),
+                mininterval=0.2 if tty else 1.0,
                 dynamic_ncols=True,
                 leave=True,
             )
@@ -88,9 +90,26 @@ class Progress:
         with self._lock:
             if self._bar is not None:
                 self._set_postfix()
-                self._bar.refresh()
-                self._bar.close()
+                self._bar.close()  # draws the final state once
                 self._bar = None
+
+
+class LineWriter:
+    """A file for tqdm when stderr is not a terminal: each redraw becomes its own line, and a
+    redraw identical to the previous line is dropped."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self._last = ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip("\n")
+        if line.strip() and line != self._last:
+            self._last = line
+            self._stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 def human_bytes(n: float) -> str:

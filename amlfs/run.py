@@ -69,7 +69,9 @@ def _mount(ref: DataReference, where: str) -> None:
     registry = str(ref.datastore.workspace.registry.path)
     os.makedirs(where, exist_ok=True)
     cmd = _amlfs_cli(registry) + ["mount", ref.location, where]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+    # Without --registry (a registry never saved), $AMLFS_REGISTRY must not name a missing file.
+    env = {k: v for k, v in os.environ.items() if k != "AMLFS_REGISTRY" or "--registry" in cmd}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT, env=env)
     if p.returncode != 0:
         message = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "mount failed"
         message = message.removeprefix("amlfs: error: ")

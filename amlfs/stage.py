@@ -21,6 +21,7 @@ from .backends.base import Backend
 from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
 from .fetch import Downloader, DownloadJob, TransferResult, chunk_size
+from .filters import KEEP_ALL, PathFilter
 from .progress import Progress, should_show
 from .stagestate import BOOT_ID, JOURNAL_NAME, STATE_NAME, StageState
 from .transfer import list_remote, safe_jobs
@@ -90,6 +91,7 @@ def stage(
     show_progress: bool | None = None,
     durable: bool = False,
     on_plan: Callable[[str, str], None] | None = None,
+    path_filter: PathFilter = KEEP_ALL,
 ) -> TransferResult:
     """Sync the files under the datastore path `prefix` into `target_dir` (see the module doc).
 
@@ -98,7 +100,8 @@ def stage(
     verify: check Content-MD5 of downloaded files and of the local copies it skips (a mismatching
     local copy is downloaded again). durable: syncfs before publishing and journalling (see
     amlfs.commit); without it, claims are trusted only until the machine restarts. A missing
-    `prefix` raises NotFound.
+    `prefix` raises NotFound. path_filter: only the files it keeps take part, in the copy and in
+    `delete` (a local file it leaves out is never deleted).
     """
     start = time.monotonic()
     root = os.path.abspath(target_dir)
@@ -109,7 +112,7 @@ def stage(
     named = [
         (rel, info)
         for rel, info in safe_jobs(files, base, root, result)
-        if rel not in (STATE_NAME, JOURNAL_NAME)
+        if rel not in (STATE_NAME, JOURNAL_NAME) and path_filter.keeps(rel)
     ]
     if not dry_run:
         os.makedirs(root, exist_ok=True)  # first: where the state goes depends on it
@@ -158,7 +161,9 @@ def stage(
                     jobs.append(job)
 
     remote_names = {rel for rel, _ in named}
-    deletions = sorted(r for r in local if r not in remote_names) if delete else []
+    deletions = (
+        sorted(r for r in local if r not in remote_names and path_filter.keeps(r)) if delete else []
+    )
 
     if dry_run:
         for job in jobs:

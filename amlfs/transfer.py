@@ -32,6 +32,7 @@ from .fetch import (
     TransferResult,
     error_text,
 )
+from .filters import KEEP_ALL, PathFilter
 from .progress import Progress, should_show
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def download(
     workers: int | None = None,
     block_size: int | None = None,
     durable: bool = False,
+    path_filter: PathFilter = KEEP_ALL,
 ) -> TransferResult:
     """Download the files under the path `prefix` (a directory or one file; not a raw string
     prefix) into `target_dir`.
@@ -126,10 +128,12 @@ def download(
     keep_prefix=False (`amlfs download DS:PATH DIR`): target_dir holds the contents of PATH.
     overwrite=False skips files that already exist locally (counted in `skipped`).
     durable=True: the files are on disk (syncfs) before their names appear and before returning.
+    path_filter: only the files it keeps (by their path relative to `prefix`).
     """
     start = time.monotonic()
     target_dir = os.path.abspath(target_dir)
     files, base = list_remote(backend, prefix)
+    files = path_filter.select(files, lambda f: relative_name(f.path, base))
     result = TransferResult()
     named = safe_jobs(files, "" if keep_prefix else base, target_dir, result)
     jobs = []
@@ -301,12 +305,14 @@ def upload_dir(
     overwrite: bool = False,
     show_progress: bool | None = True,
     workers: int | None = None,
+    path_filter: PathFilter = KEEP_ALL,
 ) -> TransferResult:
     """Upload the tree `src_dir` to `target_path` (Azure ML v1 `ds.upload`).
 
     overwrite=False skips remote files that already exist (counted in `skipped`).
+    path_filter: only the files it keeps (by their path relative to `src_dir`).
     """
-    plan = _plan_dir(src_dir, normpath(target_path))
+    plan = path_filter.select(_plan_dir(src_dir, normpath(target_path)), lambda u: u.key)
     return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers)
 
 
@@ -318,8 +324,11 @@ def upload_files(
     overwrite: bool = False,
     show_progress: bool | None = True,
     workers: int | None = None,
+    path_filter: PathFilter = KEEP_ALL,
 ) -> TransferResult:
     """Upload single files (Azure ML v1 `ds.upload_files`): with `relative_root` the remote name
     is target_path/relpath(file, relative_root), else target_path/basename(file)."""
-    plan = _plan_files(files, relative_root, normpath(target_path))
+    plan = path_filter.select(
+        _plan_files(files, relative_root, normpath(target_path)), lambda u: u.key
+    )
     return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers)

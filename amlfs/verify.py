@@ -7,8 +7,9 @@ import os
 
 from .backends import BackendError, Forbidden, NotFound, Transient, open_backend
 from .errors import AmlfsError
-from .registry import LOCAL, DatastoreConfig
+from .registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
 
+_SERVICES = {BLOB: "Blob storage", FILE: "Azure Files", ADLS: "ADLS Gen2 (dfs)"}
 _OFFLINE = "; fix it, or pass --no-verify to register it without checking"
 
 
@@ -33,7 +34,7 @@ def verify_datastore(ds: DatastoreConfig) -> None:
         elif isinstance(e, Transient):
             what = "unreachable"
         else:
-            what = "refused"
+            what = f"refused (does this endpoint serve {_SERVICES.get(ds.type, ds.type)}?)"
         raise AmlfsError(f"datastore {ds.name!r} not registered: {what}: {e}{_OFFLINE}") from None
     finally:
         backend.close()

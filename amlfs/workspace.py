@@ -151,12 +151,16 @@ class Datastore:
 
     @staticmethod
     def _register(
-        workspace: Workspace, cfg: DatastoreConfig, overwrite: bool, create_if_not_exists: bool
+        workspace: Workspace,
+        cfg: DatastoreConfig,
+        overwrite: bool,
+        create_if_not_exists: bool,
+        verify: bool = False,
     ) -> Datastore:
         if cfg.name in workspace.registry.datastores and not overwrite:
             # As in Azure ML v1: registering an existing name without overwrite keeps the old one.
             return Datastore(workspace, cfg.name)
-        return register_datastore(workspace, cfg, True, create_if_not_exists)
+        return register_datastore(workspace, cfg, True, create_if_not_exists, verify=verify)
 
     @staticmethod
     def register_azure_blob_container(
@@ -192,7 +196,9 @@ class Datastore:
             sas_token=sas_token,
             connection_string=connection_string,
         )
-        return Datastore._register(workspace, cfg, overwrite, create_if_not_exists)
+        return Datastore._register(
+            workspace, cfg, overwrite, create_if_not_exists, not skip_validation
+        )
 
     @staticmethod
     def register_azure_file_share(
@@ -229,7 +235,9 @@ class Datastore:
             sas_token=sas_token,
             connection_string=connection_string,
         )
-        return Datastore._register(workspace, cfg, overwrite, create_if_not_exists)
+        return Datastore._register(
+            workspace, cfg, overwrite, create_if_not_exists, not skip_validation
+        )
 
     @staticmethod
     def register_azure_data_lake_gen2(

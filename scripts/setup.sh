@@ -65,6 +65,12 @@ if .venv/bin/python -m amlfs.cli.manpage > .venv/amlfs.1 && ! cmp -s .venv/amlfs
 fi
 if [[ $want_test -eq 1 ]]; then
   if [[ ! -x node_modules/.bin/azurite-blob ]] || [[ "$(node -p 'require("./node_modules/azurite/package.json").version' 2>/dev/null)" != "$(node -p 'require("./package.json").devDependencies.azurite')" ]]; then
-    npm ci --no-audit --no-fund --loglevel=error
+    # Quiet unless it fails: no "added N packages", no "npm notice" about npm's own updates.
+    log=$(mktemp)
+    if ! NPM_CONFIG_UPDATE_NOTIFIER=false npm ci --no-audit --no-fund --no-update-notifier \
+        --loglevel=error >"$log" 2>&1; then
+      cat "$log" >&2; rm -f "$log"; echo "setup: npm ci failed" >&2; exit 1
+    fi
+    rm -f "$log"
   fi
 fi

@@ -143,6 +143,22 @@ CASES: dict[str, list] = {
         (3, lambda e: ["run", "--", "sh", "-c", "exit 3"]),
         (127, lambda e: ["run", "--", "no-such-command-amlfs"]),
     ],
+    "ls": [
+        (0, lambda e: ["ls", "-lR", "loc:d"]),
+        (1, lambda e: ["ls", "bad:d"]),
+        (2, lambda e: ["ls", "loc:none"]),
+    ],
+    "cat": [
+        (0, lambda e: ["cat", "loc:d/f.txt"]),
+        (1, lambda e: ["cat", "bad:d/f.txt"]),
+        (2, lambda e: ["cat", "loc:none"]),
+    ],
+    "rm": [
+        (0, lambda e: ["rm", "-r", "--dry-run", "loc:d"]),
+        (1, lambda e: ["rm", "bad:d/f.txt"]),
+        (2, lambda e: ["rm", "loc:none"]),
+        (2, lambda e: ["rm", "-r", "loc:"]),
+    ],
     "logs": [(2, lambda e: ["logs", str(e["tmp"])])],
     "mounts": [(0, lambda e: ["mounts"]), (2, lambda e: ["mounts", "--bad"])],
     "stats": [(2, lambda e: ["stats", str(e["tmp"])])],
@@ -188,9 +204,11 @@ def test_exit_codes_of_a_live_mount(env):
     mp = str(Path(env["tmp"], "mnt"))
     try:
         assert cli(env, "mount", "loc:d", mp).returncode == 0
-        for args in (["stats", mp], ["logs", mp], ["mounts"]):
+        watch = ["stats", "--watch", "--interval", "0.2", "--count", "2", mp]
+        for args in (["stats", mp], ["logs", mp], ["mounts"], watch):
             r = cli(env, *args)
             assert r.returncode == 0, (args, r.stderr)
+        assert r.stdout.count("RATE") == 2 and "/s" in r.stdout, r.stdout
         assert cli(env, "mount", "loc:d", mp).returncode == 2  # already mounted
         assert cli(env, "unmount", mp).returncode == 0
     finally:

@@ -137,3 +137,20 @@ def test_download_failure_raises_after_copying_the_rest(tmp_path, monkeypatch):
             target_path=str(tmp_path / "out"), prefix="d", overwrite=True, show_progress=False
         )
     assert (tmp_path / "out" / "d" / "good.txt").read_bytes() == b"good"
+
+
+def test_register_validates_unless_skip_validation(tmp_path, azurite):
+    """As in Azure ML v1: registration checks the storage unless skip_validation=True."""
+    from amlfs import Datastore, Workspace
+    from amlfs.errors import AmlfsError
+
+    ws = Workspace.from_config(str(tmp_path / "ws.yaml"))
+    kwargs = dict(
+        workspace=ws, datastore_name="missing", container_name="nosuchcontainer",
+        account_name=ACCOUNT, account_key=KEY, account_url=azurite.account_url,
+    )  # fmt: skip
+    with pytest.raises(AmlfsError, match="not found"):
+        Datastore.register_azure_blob_container(**kwargs)
+    assert "missing" not in ws.registry.datastores
+    ds = Datastore.register_azure_blob_container(**kwargs, skip_validation=True)
+    assert ds.name == "missing"

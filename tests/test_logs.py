@@ -121,3 +121,33 @@ def test_logs_of_an_unknown_mountpoint_exit_2(tmp_path, state):
         [sys.executable, "-m", "amlfs", "logs", str(tmp_path)], capture_output=True, text=True
     )
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "mount it first" in r.stderr
+
+
+def test_logs_of_unused_mountpoints_are_pruned(state, tmp_path):
+    state.mkdir(parents=True)
+    old, new = state / "old.log", state / "new.log"
+    old.write_text("x")
+    new.write_text("y")
+    month = logs.KEEP_DAYS * 86400
+    os.utime(old, (1_000_000, 1_000_000))
+    assert logs.prune(now=1_000_000 + month + 1) == 1
+    assert not old.exists() and new.exists()
+
+
+@needs_fuse
+def test_prune_keeps_the_log_of_a_live_mount(state, tmp_path, local_config):
+    m = Mounts(tmp_path, local_config)
+    mp = m.mountpoint("quiet.mnt")
+    m.mounted.append(mp)
+    try:
+        assert m.cli("mount", "loc:", str(mp)).returncode == 0
+        m.pids.append(m.pid(mp))
+        log_path = logs.default_log_path(str(mp))
+        os.utime(log_path, (1, 1))
+        logs.prune()
+        assert log_path.exists()
+    finally:
+        m.cleanup()
+    os.utime(log_path, (1, 1))  # the daemon's last line ("unmounted") touched it
+    logs.prune()
+    assert not log_path.exists()

@@ -421,3 +421,24 @@ def test_cli_run_command_not_found_127_not_executable_126(tmp_path):
     script.chmod(0o644)
     p = _cli_run(reg, "--", str(script))
     assert p.returncode == 126 and "not executable" in p.stderr, p.stderr
+
+
+@needs_fuse
+def test_mount_input_from_a_registry_never_saved(tmp_path, monkeypatch):
+    """$AMLFS_REGISTRY naming a file not yet written: the embedded default still mounts."""
+    from amlfs.run import run_with_inputs
+
+    monkeypatch.setenv("AMLFS_REGISTRY", str(tmp_path / "not-yet.yaml"))
+    ws = Workspace.from_config()
+    ds = ws.get_default_datastore()
+    b = ds.backend()
+    b.write_bytes("m/f.txt", b"mounted")
+    b.close()
+    ref = ds.path("m").as_mount()
+    result = run_with_inputs(
+        ["sh", "-c", f'cat "${ref.env_names()[0]}/f.txt" > {tmp_path}/out'],
+        [ref],
+        workdir=str(tmp_path / "run"),
+    )
+    assert result.returncode == 0 and (tmp_path / "out").read_bytes() == b"mounted"
+    assert not (tmp_path / "not-yet.yaml").exists()

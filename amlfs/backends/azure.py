@@ -11,6 +11,8 @@ import enum
 import functools
 import logging
 import random
+import re
+import socket
 import threading
 import uuid
 from abc import abstractmethod
@@ -365,6 +367,7 @@ class Failure:
     code: str  # x-ms-error-code, '' when absent
     what: str  # "503 ServerBusy"
     version: str  # the x-ms-version the request sent ('' when unknown)
+    unresolved: str | None  # the host name DNS could not resolve (None: not a DNS failure)
     text: str  # the first line of the exception's message, or its type's name
     detail: str  # the whole message
     type: str  # the exception's type name
@@ -414,6 +417,41 @@ def classify(
     if isinstance(exc, HttpResponseError):
         return Kind.BROKE_OFF if status is None else Kind.HTTP
     return Kind.OTHER
+
+
+_DNS_TEXTS = ("Name or service not known", "Temporary failure in name resolution",
+              "nodename nor servname", "No address associated with hostname", "Failed to resolve")  # fmt: skip
+_HOST_RES = (re.compile(r"Failed to resolve '([^']+)'"), re.compile(r"host='([^']+)'"),
+             re.compile(r"https?://([^/:'\s]+)"))  # fmt: skip
+
+
+def unresolved_host(exc: BaseException, description: str) -> str | None:
+    """The host name whose DNS lookup failed in `exc` (a socket.gaierror anywhere in its chain,
+    or urllib3's wording of one), else None. The name comes from the error's text, else from
+    `description` (which holds the account URL)."""
+    texts, seen, e = [], set(), exc
+    dns = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        dns = dns or isinstance(e, socket.gaierror)
+        texts.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = " ".join(texts)
+    if not dns and not any(t in text for t in _DNS_TEXTS):
+        return None
+    for pattern in _HOST_RES:
+        for source in (text, description):
+            m = pattern.search(source)
+            if m:
+                return m[1]
+    return "?"
+
+
+def unresolved_message(description: str, host: str) -> str:
+    return (
+        f"{description}: the host name {host!r} could not be resolved (DNS): check the account"
+        " name, endpoint or account_url, and the network"
+    )
 
 
 def api_version_message(description: str, version: str) -> str:
@@ -468,6 +506,7 @@ class AzureBackend(Backend):
             code=code,
             what=f"{status} {code}".strip(),
             version=request_headers.get("x-ms-version", ""),
+            unresolved=unresolved_host(exc, self.description),
             text=lines[0] if lines else type(exc).__name__,
             detail=detail,
             type=type(exc).__name__,
@@ -481,6 +520,8 @@ class AzureBackend(Backend):
 
     def _message(self, kind: Kind, f: Failure) -> str:
         """What a failure of `kind` says (this wording: the hierarchical backends')."""
+        if kind is Kind.NETWORK and f.unresolved:
+            return unresolved_message(self.description, f.unresolved)
         if kind is Kind.PROTOCOL:
             return f"{f.where}: bad response from the service: {f.text}"
         if kind in TRANSIENT_KINDS:

@@ -41,6 +41,7 @@ from .azure import (
     read_exact,
     resolve,
     timestamp,
+    unresolved_message,
 )
 from .base import (
     Abort,
@@ -200,7 +201,11 @@ class BlobBackend(AzureBackend):
             Kind.EXISTS: f"{p} exists",
             Kind.BAD_NAME: f"{d}: {p}: the service does not allow this name (HTTP {f.what})",
             Kind.FAILED: f"{d}: {p}: the service failed (HTTP {f.what})",
-            Kind.NETWORK: f"{d}: {p}: network error ({f.type})",
+            Kind.NETWORK: (
+                unresolved_message(d, f.unresolved)
+                if f.unresolved
+                else f"{d}: {p}: network error ({f.type})"
+            ),
             Kind.GARBLED: f"{d}: {p}: bad response ({f.what})",  # a truncated or garbled body
             Kind.PROTOCOL: f"{d}: {p}: bad response: {f.text}",
             Kind.BROKE_OFF: f"{d}: {p}: the response broke off",

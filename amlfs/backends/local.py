@@ -44,6 +44,29 @@ def _map_oserror(e: OSError, path: str) -> BackendError:
     return BackendError(f"{path!r}: {e.strerror}", path)
 
 
+def _file_mode(stream: BinaryIO) -> int:
+    """The mode of a file written from `stream`: the permission bits of the file behind its
+    `fileno()` (an upload's source) without group/other write; 0644 less the umask when the
+    stream is not a file."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return 0o644 & ~_umask()
+    return mode & 0o777 & ~0o022
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 class LocalBackend(Backend):
     page_size = PAGE_SIZE
 
@@ -156,6 +179,7 @@ class LocalBackend(Backend):
             os.makedirs(os.path.dirname(full), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(full), prefix=".amlfs-tmp-")
             try:
+                os.fchmod(fd, _file_mode(stream))
                 with os.fdopen(fd, "wb") as f:
                     shutil.copyfileobj(stream, f, 1 << 20)
                 os.replace(tmp, full)

@@ -275,16 +275,46 @@ def mounts(as_json: bool) -> None:
         )
 
 
-@main.command("stats", epilog=examples("amlfs stats /mnt/images", "amlfs stats --json /mnt/images"))
+@main.command(
+    "stats",
+    epilog=examples(
+        "amlfs stats /mnt/images",
+        "amlfs stats --watch --interval 1 /mnt/images",
+        "amlfs stats --json /mnt/images",
+    ),
+)
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="The raw JSON document.")
-def stats(mountpoint: str, as_json: bool) -> None:
+@click.option("-w", "--watch", is_flag=True, help="Redraw with per-second rates until Ctrl-C.")
+@click.option(
+    "--interval",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="With --watch: seconds between updates.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="With --watch: stop after COUNT updates.")
+def stats(mountpoint: str, as_json: bool, watch: bool, interval: float, count: int | None) -> None:
     """Live counters of a mount: requests, bytes fetched, cache hits, errors by errno."""
     from ..fs import control
 
     entry = control.find_mount(mountpoint)
     if entry is None:
         raise UsageError(f"{os.path.abspath(mountpoint)} is not an amlfs mount")
+    if watch:
+        from .statswatch import watch as watch_counters
+
+        try:
+            watch_counters(
+                lambda: control.read_facts(entry.mountpoint),
+                interval,
+                count,
+                clear=sys.stdout.isatty(),
+            )
+        except KeyboardInterrupt:
+            pass
+        return
     facts = control.read_facts(entry.mountpoint)
     if as_json:
         click.echo(json.dumps(facts, indent=2, sort_keys=True))

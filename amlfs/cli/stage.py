@@ -8,8 +8,10 @@ from ..stage import stage
 from .common import AppContext, examples, main, pass_app
 from .transfer import (
     block_size_option,
+    filter_options,
     fsync_option,
     parse_size,
+    path_filter,
     progress_option,
     report,
     sigterm_as_interrupt,
@@ -32,6 +34,7 @@ from .transfer import (
     "--dry-run", is_flag=True, help="Print what would be copied and deleted; change nothing."
 )
 @click.option("--verify", is_flag=True, help="Check Content-MD5 where the service has one.")
+@filter_options
 @block_size_option
 @fsync_option
 @progress_option
@@ -44,6 +47,8 @@ def stage_cmd(
     delete: bool,
     dry_run: bool,
     verify: bool,
+    include,
+    exclude,
     block_size,
     fsync,
     progress,
@@ -76,6 +81,7 @@ def stage_cmd(
                 show_progress=progress,
                 durable=fsync,
                 on_plan=plan,
+                path_filter=path_filter(include, exclude),
             )
     finally:
         backend.close()

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import click
 
 from .. import units
+from ..filters import PathFilter
 from ..progress import summary_line
 from ..transfer import TransferResult, download, upload_dir, upload_files
 from .common import AppContext, examples, main, pass_app
@@ -47,6 +48,27 @@ def block_size_option(f):
         metavar="SIZE",
         help="Ranged-read size for large files (default 8M, up to 64M for big files).",
     )(f)
+
+
+def filter_options(f):
+    """--include/--exclude GLOB (repeatable) -> a `path_filter` PathFilter argument."""
+    f = click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out files matching GLOB (repeatable; wins over --include).",
+    )(f)
+    return click.option(
+        "--include",
+        multiple=True,
+        metavar="GLOB",
+        help="Only files matching GLOB, on their path relative to the source ('*' crosses '/'; "
+        "a GLOB without '/' also matches the file name, e.g. '*.jpg'). Repeatable.",
+    )(f)
+
+
+def path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> PathFilter:
+    return PathFilter(tuple(include), tuple(exclude))
 
 
 def workers_option(f):
@@ -93,10 +115,13 @@ def report(result: TransferResult, verb: str = "copied") -> None:
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dest")
 @click.option("--overwrite", is_flag=True, help="Replace remote files that exist.")
+@filter_options
 @progress_option
 @workers_option
 @pass_app
-def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, workers) -> None:
+def upload(
+    app: AppContext, src: str, dest: str, overwrite: bool, include, exclude, progress, workers
+) -> None:
     """Upload a local file or directory SRC to DEST (DATASTORE[:PATH] or azureml://...).
 
     A directory's contents go under PATH; a file becomes PATH/<its name>. Existing remote files
@@ -108,7 +133,13 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
         with sigterm_as_interrupt():
             if os.path.isdir(src):
                 result = upload_dir(
-                    backend, src, path, overwrite=overwrite, show_progress=progress, workers=workers
+                    backend,
+                    src,
+                    path,
+                    overwrite=overwrite,
+                    show_progress=progress,
+                    workers=workers,
+                    path_filter=path_filter(include, exclude),
                 )
             else:
                 result = upload_files(
@@ -118,6 +149,7 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
                     overwrite=overwrite,
                     show_progress=progress,
                     workers=workers,
+                    path_filter=path_filter(include, exclude),
                 )
     finally:
         backend.close()
@@ -134,13 +166,23 @@ def upload(app: AppContext, src: str, dest: str, overwrite: bool, progress, work
 @click.argument("src")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace local files that exist.")
+@filter_options
 @block_size_option
 @fsync_option
 @progress_option
 @workers_option
 @pass_app
 def download_cmd(
-    app: AppContext, src: str, dest: str, overwrite: bool, block_size, fsync, progress, workers
+    app: AppContext,
+    src: str,
+    dest: str,
+    overwrite: bool,
+    include,
+    exclude,
+    block_size,
+    fsync,
+    progress,
+    workers,
 ) -> None:
     """Download SRC (DATASTORE[:PATH], a directory or one file) into the directory DEST.
 
@@ -161,6 +203,7 @@ def download_cmd(
                 workers=workers,
                 block_size=bs,
                 durable=fsync,
+                path_filter=path_filter(include, exclude),
             )
     finally:
         backend.close()
