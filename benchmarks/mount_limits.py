@@ -307,6 +307,11 @@ def main() -> int:
     p.add_argument("--tools", default="amlfs,rclone", help="comma-separated subset")
     p.add_argument("--cache-size", default="1GiB", help="amlfs --cache-size except many_readers")
     p.add_argument("--workdir", help="scratch directory (default: a fresh temp directory)")
+    p.add_argument(
+        "--wide",
+        type=int,
+        help="entries of the wide directory (default 100,000; Azurite on disk uploads ~60/s)",
+    )
     args = p.parse_args()
     args.cases = set(args.cases.split(","))
     tools = [t for t in args.tools.split(",") if t]
@@ -315,6 +320,8 @@ def main() -> int:
     if unknown := set(tools) - {"amlfs", "rclone"}:
         p.error(f"unknown tools: {', '.join(sorted(unknown))}")
     s = Sizes.pick(args.quick)
+    if args.wide:
+        s.wide = args.wide
     work = Path(args.workdir or tempfile.mkdtemp(prefix="amlfs-limits-"))
     work.mkdir(parents=True, exist_ok=True)
     bench = Limits(args, s, work)

@@ -295,9 +295,10 @@ class FileReader:
 
     def _ensure(self, lo: int, hi: int, priority: int, need: int | None = None) -> Ensured:
         got = self._dp.ensure(self, self.path, self.etag, lo, hi, priority, need)
-        if len(self._owned) > 64:  # forget the fetches that are over
-            self._owned = {f for f in self._owned if f.pending}
-        self._owned.update(got.fetches)
+        # Forget the fetches that are over: a fetch refers to its extent and so to its buffer,
+        # which must not outlive the cache's copy unaccounted.
+        self._owned = {f for f in self._owned if f.pending}
+        self._owned.update(f for f in got.fetches if f.pending)
         return got
 
     def _deadline(self, offset: int, end: int) -> float:

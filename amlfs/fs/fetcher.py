@@ -42,7 +42,7 @@ class Fetch:
     """One extent in flight: its priority, who wants it, and how to stop it."""
 
     __slots__ = (
-        "extent", "priority", "files", "owners", "waiters", "scope", "started", "buffer", "charged"
+        "extent", "priority", "files", "owners", "waiters", "scope", "started", "charged"
     )  # fmt: skip
 
     def __init__(self, extent: Extent, priority: int):
@@ -53,7 +53,6 @@ class Fetch:
         self.waiters = 0  # reads blocked on it
         self.scope: trio.CancelScope | None = None  # of the task running it
         self.started = False  # its backend call has been issued
-        self.buffer: bytearray | None = None  # the buffer of the attempt in progress
         # Its buffer's bytes are charged to the budget ("inflight") and this fetch must give
         # them back (False once they moved to the cache or to a worker thread still using them).
         self.charged = True
@@ -228,7 +227,7 @@ class Fetcher:
         idle = trio.CancelScope(deadline=trio.current_time() + timeout)
         last: BackendError | None = None
         attempt = 0
-        buf = fetch.buffer = bytearray(ext.size)
+        buf = bytearray(ext.size)
         ext.data = buf
         with idle:
             while True:
@@ -258,7 +257,7 @@ class Fetcher:
     async def _attempt(self, fetch: Fetch, buf: bytearray, idle: trio.CancelScope) -> None:
         """One ranged read into `buf` from where the last attempt stopped. Progress wakes readers
         and pushes back the idle deadline. If cancelled while the worker thread still runs, the
-        thread is aborted and `fetch.buffer` is cleared: its charge is given back when the thread
+        thread is aborted and takes over the buffer's charge: it is given back when the thread
         has really finished with the buffer."""
         ext = fetch.extent
         token = self._token
@@ -306,7 +305,6 @@ class Fetcher:
             if not state["exited"] and fetch.charged:
                 state["abandoned"] = True
                 fetch.charged = False
-                fetch.buffer = None
             raise
         finally:
             state["live"] = False
