@@ -196,3 +196,24 @@ def test_memory_stays_inside_the_budget_under_a_seek_and_close_storm():
     run_with_datapath(backend, config, body)
     # Within the budget, plus at most the requests the 8 readers were waiting for.
     assert peak["total"] <= config.cache_bytes + 8 * 256 * KiB, peak
+
+
+def test_a_reader_keeps_no_finished_fetch_and_so_no_buffer_outside_the_budget():
+    """A finished fetch refers to its extent's buffer: held by a reader after the cache evicted
+    it, that memory would be outside the budget (64 readers reached 820 MB with a 64 MiB one)."""
+    data = pattern(4 * MiB)
+    backend = ModelBackend({"f": data})
+    config = DataPathConfig(block_size=256 * KiB, cache_bytes=1 * MiB, initial_window=64 * KiB)
+
+    async def body(dp):
+        r = dp.open("f", backend.info("f"))
+        off = 0
+        while off < len(data):
+            assert await r.read(off, 64 * KiB) == data[off : off + 64 * KiB]
+            # At most what the last read started (finished ones are dropped at the next read).
+            assert sum(not f.pending for f in r._owned) <= 4 and len(r._owned) <= 8
+            off += 64 * KiB
+        r.close()
+        assert not r._owned
+
+    run_with_datapath(backend, config, body)
