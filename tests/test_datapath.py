@@ -80,7 +80,7 @@ class ModelBackend(Backend):
             raise NotFound(f"no such file: {path!r}", path)
         return self.info(path)
 
-    def list_page(self, path, token=None):
+    def list_page(self, path, token=None, page_size=None):
         return [self.info(p) for p in sorted(self.files)], None
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:

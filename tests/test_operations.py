@@ -206,6 +206,7 @@ def test_dot_and_dotdot_lookups(store):
 
 def test_readdir_streams_pages_with_stable_offsets(store, kernel, monkeypatch):
     monkeypatch.setattr(LocalBackend, "page_size", 7)
+    monkeypatch.setattr(ops_mod, "FIRST_PAGE", 7)
     big = store / "big"
     big.mkdir()
     names = sorted(f"f{i:03d}" for i in range(40))
@@ -609,10 +610,10 @@ def test_a_reader_waits_for_a_background_listing_in_flight(tmp_path, kernel, mon
     gate = threading.Event()
     real = LocalBackend.list_page
 
-    def slow_list(self, path, token=None):
+    def slow_list(self, path, token=None, page_size=None):
         if path.startswith("tree/d"):
             gate.wait(10)
-        return real(self, path, token)
+        return real(self, path, token, page_size)
 
     monkeypatch.setattr(LocalBackend, "list_page", slow_list)
 
@@ -648,11 +649,11 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
     real = backend.list_page
     failed: list[str] = []
 
-    def flaky(path, token=None):
+    def flaky(path, token=None, page_size=None):
         if path.startswith("tree/d") and path not in failed:
             failed.append(path)
             raise BackendError("model: I/O error", path)
-        return real(path, token)
+        return real(path, token, page_size)
 
     backend.list_page = flaky  # type: ignore[method-assign]
 
@@ -669,3 +670,29 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
         assert ops.stats.counters.get("listing_prefetches", 0) == 0
 
     run(tmp_path, t, backend=backend, listing_prefetch=4)
+
+
+def test_a_listing_starts_with_a_small_page_then_full_pages(store, kernel, monkeypatch):
+    monkeypatch.setattr(ops_mod, "FIRST_PAGE", 5)
+    big = store / "big"
+    big.mkdir()
+    for i in range(30):
+        (big / f"f{i:02d}").touch()
+    sizes = []
+    real = LocalBackend.list_page
+
+    def watched(self, path, token=None, page_size=None):
+        entries, token = real(self, path, token, page_size)
+        sizes.append(len(entries))
+        return entries, token
+
+    monkeypatch.setattr(LocalBackend, "list_page", watched)
+
+    async def t(ops: Operations):
+        d = await lookup(ops, "big")
+        fh = await ops.opendir(d.st_ino)
+        assert len(await kernel.readdir(ops, fh)) == 32
+        await ops.releasedir(fh)
+
+    run(store, t)
+    assert sizes[-2:] == [5, 25]  # the first page small, the rest in one full page

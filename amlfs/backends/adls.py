@@ -132,11 +132,13 @@ class AdlsBackend(AzureBackend):
             rel, False, size=p.size, etag=quoted_etag(p.etag), mtime=timestamp(p.last_modified)
         )
 
-    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(
+        self, path: str, token: str | None = None, page_size: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
         try:
             pages = self.fs.get_paths(
-                path=rel or None, recursive=False, max_results=PAGE_SIZE
+                path=rel or None, recursive=False, max_results=page_size or PAGE_SIZE
             ).by_page(continuation_token=token)
             items = list(next(pages))
             next_token = pages.continuation_token or None

@@ -264,8 +264,12 @@ class Backend(ABC):
         """The entry at `path` (file or directory); '' is the root. NotFound if neither."""
 
     @abstractmethod
-    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(
+        self, path: str, token: str | None = None, page_size: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         """One page of the direct children of directory `path`, and the token of the next page.
+        `page_size`: at most that many entries (None: the service's largest page); a reader who
+        waits for the first entries asks for a small first page.
 
         Entries carry size, ETag and mtime so that no per-entry stat is needed. A name that is
         both a file and a directory is reported once, as the directory. Names that cannot be
@@ -476,9 +480,11 @@ class TrioBackend:
         return await self.call(self.sync.stat, path)
 
     async def list_page(
-        self, path: str, token: str | None = None
+        self, path: str, token: str | None = None, page_size: int | None = None
     ) -> tuple[list[ObjectInfo], str | None]:
-        return await self.call(self.sync.list_page, path, token)
+        if page_size is None:
+            return await self.call(self.sync.list_page, path, token)
+        return await self.call(self.sync.list_page, path, token, page_size)
 
     async def read_range(
         self, path: str, offset: int, length: int, etag: str | None = None

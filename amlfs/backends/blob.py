@@ -284,19 +284,22 @@ class BlobBackend(AzureBackend):
                 self._side = ThreadPoolExecutor(8, thread_name_prefix="amlfs-blob-stat")
             return self._side
 
-    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(
+        self, path: str, token: str | None = None, page_size: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
         prefix = f"{rel}/" if rel else ""
+        size = page_size or self.page_size
 
         def fetch() -> tuple[list[Any], str | None]:
             if self._fast is not None:
-                items, marker = self._fast.list_page(prefix, token or "", self.page_size, "/")
+                items, marker = self._fast.list_page(prefix, token or "", size, "/")
                 return items, marker or None
             pages = self._cc.walk_blobs(
                 name_starts_with=prefix or None,
                 include=["metadata"],
                 delimiter="/",
-                results_per_page=self.page_size,
+                results_per_page=size,
             ).by_page(continuation_token=token)
             items = list(next(pages, []))
             return items, pages.continuation_token or None

@@ -138,13 +138,17 @@ class FileShareBackend(AzureBackend):
                 ) from None
             raise self._map_error(e, rel) from None
 
-    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(
+        self, path: str, token: str | None = None, page_size: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
         try:
             pages = (
                 self.share.get_directory_client(rel)
                 .list_directories_and_files(
-                    include=_LIST_INCLUDE, include_extended_info=True, results_per_page=PAGE_SIZE
+                    include=_LIST_INCLUDE,
+                    include_extended_info=True,
+                    results_per_page=page_size or PAGE_SIZE,
                 )
                 .by_page(continuation_token=token)
             )

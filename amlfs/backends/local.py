@@ -113,7 +113,9 @@ class LocalBackend(Backend):
         except OSError as e:
             raise _map_oserror(e, rel) from None
 
-    def list_page(self, path: str, token: str | None = None) -> tuple[list[ObjectInfo], str | None]:
+    def list_page(
+        self, path: str, token: str | None = None, page_size: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         rel = normpath(path)
         full = self._abs(rel)
         try:
@@ -121,8 +123,9 @@ class LocalBackend(Backend):
         except OSError as e:
             raise _map_oserror(e, rel) from None
         start = int(token) if token else 0
+        size = page_size or self.page_size
         out: list[ObjectInfo] = []
-        for name in names[start : start + self.page_size]:
+        for name in names[start : start + size]:
             if not is_safe_name(name):
                 continue
             child = f"{rel}/{name}" if rel else name
@@ -135,7 +138,7 @@ class LocalBackend(Backend):
                 out.append(self._info(child, os.stat(cfull)))
             except OSError:
                 continue  # vanished or dangling link
-        nxt = start + self.page_size
+        nxt = start + size
         return out, (str(nxt) if nxt < len(names) else None)
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:

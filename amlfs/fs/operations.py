@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_NAME = ".__amlfs_stats__"
+#: entries of a listing's first page (later pages are the service's largest, 5000)
+FIRST_PAGE = 500
 STATS_INODE = pyfuse3.ROOT_INODE + 1  # reserved; the inode table starts after it
 # O_APPEND alone is fine on a read-only open (Linux allows O_RDONLY | O_APPEND).
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
@@ -204,7 +206,9 @@ class Operations(pyfuse3.Operations):
         return await self._retrying("stat", self.backend.stat, path)
 
     async def _list_page(self, path: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        return await self._retrying("list", self.backend.list_page, path, token)
+        # A small first page: the first entries reach the reader sooner, then full pages.
+        size = FIRST_PAGE if token is None else None
+        return await self._retrying("list", self.backend.list_page, path, token, size)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`fn(*args)`, retrying transient failures with jittered backoff until the caller's
