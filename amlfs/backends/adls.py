@@ -34,6 +34,7 @@ from .azure import (
     client_options,
     file_path,
     is_folder,
+    pooled_transport,
     quoted_etag,
     removed_on_failure,
     resolve,
@@ -66,10 +67,12 @@ class AdlsBackend(AzureBackend):
         url: str,
         credential: ResolvedCredential | None = None,
         block_size: int = 8 * 1024 * 1024,
+        session: Any = None,
     ):
         super().__init__(f"ADLS Gen2 filesystem {fs.file_system_name!r} at {url}", credential, log)
         self.fs = fs
         self.block_size = block_size
+        self._session = session
 
     @classmethod
     def from_config(cls, ds: DatastoreConfig, block_size: int = 8 * 1024 * 1024) -> AdlsBackend:
@@ -78,13 +81,14 @@ class AdlsBackend(AzureBackend):
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
             )
         rc, url = resolve(ds, "dfs")
+        transport, session = pooled_transport()
         fs = FileSystemClient(
             url,
             ds.filesystem,
             credential=sdk_credential(rc, ds.account_name),
-            **client_options(block_size, connection_timeout=10),
+            **client_options(block_size, transport=transport),
         )
-        return cls(fs, url=url, credential=rc, block_size=block_size)
+        return cls(fs, url=url, credential=rc, block_size=block_size, session=session)
 
     def _message(self, kind: Kind, f: Failure) -> str:
         if kind is Kind.ACL:
@@ -236,3 +240,5 @@ class AdlsBackend(AzureBackend):
 
     def close(self) -> None:
         self.fs.close()
+        if self._session is not None:
+            self._session.close()

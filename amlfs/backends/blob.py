@@ -123,8 +123,9 @@ class BlobBackend(AzureBackend):
         # Uploads up to this size go in one Put Blob (read whole, so Content-MD5 can lead).
         self.single_put_size = upload_block_size
         self.page_size = PAGE_SIZE
+        # Each caller may have upload_concurrency block uploads in flight.
         transport, self._session = pooled_transport(
-            max_connections, connection_timeout, read_timeout
+            max_connections * self.upload_concurrency, connection_timeout, read_timeout
         )
         sdk_cred = sdk_credential(credential, account_name)
         self._cc = ContainerClient(
@@ -182,6 +183,7 @@ class BlobBackend(AzureBackend):
             Kind.NO_TOKEN: f"could not authenticate to {d} using {f.source}: {f.text}",
             Kind.EXISTS: f"{p} exists",
             Kind.BAD_NAME: f"{d}: {p}: the service does not allow this name (HTTP {f.what})",
+            Kind.THROTTLED: f"{d}: {p}: the service is busy (HTTP {f.what})",
             Kind.FAILED: f"{d}: {p}: the service failed (HTTP {f.what})",
             Kind.NETWORK: f"{d}: {p}: network error ({f.type})",
             Kind.GARBLED: f"{d}: {p}: bad response ({f.what})",  # a truncated or garbled body

@@ -32,6 +32,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
+from .base import LocalIOError
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
 
 log = logging.getLogger(__name__)
@@ -395,9 +396,14 @@ class BlobFastPath:
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """A local write: its OSError (ENOSPC, EIO...) is the disk's, not the network's, so it
+    leaves as LocalIOError, which `_call` neither retries nor counts as a broken connection."""
     pos = 0
-    while pos < len(view):
-        pos += os.pwrite(fd, view[pos:], offset + pos)
+    try:
+        while pos < len(view):
+            pos += os.pwrite(fd, view[pos:], offset + pos)
+    except OSError as e:
+        raise LocalIOError.for_fd(e, fd) from None
 
 
 def _read_chunked(sock: socket.socket, pending: bytes) -> bytes:
