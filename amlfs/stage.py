@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from .backends.base import Backend
 from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
-from .fetch import Downloader, DownloadJob, TransferResult, chunk_size
+from .fetch import Downloader, DownloadJob, chunk_size
+from .outcome import TransferResult, TransferStopped
 from .progress import Progress, should_show
 from .stagestate import BOOT_ID, JOURNAL_NAME, STATE_NAME, StageState
 from .transfer import list_remote, safe_jobs
@@ -229,8 +230,11 @@ def stage(
             durable=durable,
             on_commit=on_commit,
         )
+        stopped: TransferStopped | None = None
         try:
             r = engine.run(jobs)
+        except TransferStopped as e:
+            stopped, r = e, e.result
         finally:
             progress.close()
             state.compact(remote_names)
@@ -244,4 +248,7 @@ def stage(
     result.no_md5 += r.no_md5
     result.unsafe += r.unsafe
     result.seconds = time.monotonic() - start
+    if stopped is not None:
+        stopped.result = result
+        raise stopped
     return result

@@ -55,7 +55,8 @@ class AmlfsGroup(click.Group):
             debug = isinstance(ctx.obj, AppContext) and ctx.obj.debug
             if debug:
                 log.exception("failed")
-            click.echo(f"amlfs: error: {e}", err=True)
+            hint = getattr(e, "hint", "")  # BackendError: what to do about it
+            click.echo(f"amlfs: error: {e}" + (f"; {hint}" if hint else ""), err=True)
             sys.exit(code)
         except KeyboardInterrupt:
             click.echo("amlfs: interrupted", err=True)

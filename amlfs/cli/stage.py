@@ -12,6 +12,7 @@ from .transfer import (
     parse_size,
     progress_option,
     report,
+    reported_stop,
     sigterm_as_interrupt,
     workers_option,
 )
@@ -56,7 +57,7 @@ def stage_cmd(
         click.echo(f"{action} {name}")
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), reported_stop("would copy" if dry_run else "copied"):
             result = stage(
                 backend,
                 path,
