@@ -122,6 +122,10 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+        except OSError:
+            pass
         self._listener.close()
         self.reset_open()
         self._thread.join(5)
