@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .backends.base import Backend
+from .backends.base import Backend, LocalIOError
 from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
 from .fetch import Downloader, DownloadJob, chunk_size
@@ -99,8 +99,40 @@ def stage(
     verify: check Content-MD5 of downloaded files and of the local copies it skips (a mismatching
     local copy is downloaded again). durable: syncfs before publishing and journalling (see
     amlfs.commit); without it, claims are trusted only until the machine restarts. A missing
-    `prefix` raises NotFound.
+    `prefix` raises NotFound; a local error writing the state, LocalIOError.
     """
+    try:
+        return _stage(
+            backend,
+            prefix,
+            target_dir,
+            delete=delete,
+            dry_run=dry_run,
+            verify=verify,
+            workers=workers,
+            block_size=block_size,
+            show_progress=show_progress,
+            durable=durable,
+            on_plan=on_plan,
+        )
+    except OSError as e:
+        raise LocalIOError(e, e.filename or os.path.abspath(target_dir)) from None
+
+
+def _stage(
+    backend: Backend,
+    prefix: str | None,
+    target_dir: str,
+    *,
+    delete: bool,
+    dry_run: bool,
+    verify: bool,
+    workers: int | None,
+    block_size: int | None,
+    show_progress: bool | None,
+    durable: bool,
+    on_plan: Callable[[str, str], None] | None,
+) -> TransferResult:
     start = time.monotonic()
     root = os.path.abspath(target_dir)
     if os.path.exists(root) and not os.path.isdir(root):
