@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from amlfs.backends import open_backend
-from amlfs.registry import BLOB, Credentials, DatastoreConfig
+from amlfs.registry import BLOB, Credentials, DatastoreConfig, datastore_to_dict
 
 from ..azurite import ACCOUNT, KEY
 from .proxy import FaultProxy
@@ -35,19 +35,10 @@ def blob_config(account_url: str, container: str, name: str = "faulty") -> Datas
 
 
 def registry_doc(*configs: DatastoreConfig) -> dict:
-    entries = [
-        {
-            "name": c.name,
-            "type": c.type,
-            "account_name": c.account_name,
-            "container_name": c.container_name,
-            "account_url": c.account_url,
-            "protocol": c.protocol,
-            "credentials": {"account_key": c.credentials.account_key},
-        }
-        for c in configs
-    ]
-    return {"default_datastore": configs[0].name, "datastores": entries}
+    return {
+        "default_datastore": configs[0].name,
+        "datastores": [datastore_to_dict(c) for c in configs],
+    }
 
 
 def payload(name: str, size: int) -> bytes:
