@@ -173,7 +173,7 @@ class FaultProxy:
                 if rule is not None and not self._before(rule, client):
                     return
                 if rule is not None and rule.action == "status":
-                    client.sendall(_error_response(rule))
+                    client.sendall(_error_response(rule, head_only=m == "HEAD"))
                     continue
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=_IO_TIMEOUT)
@@ -302,7 +302,7 @@ def _fields(head: bytes) -> dict[str, str]:
     return out
 
 
-def _error_response(rule: Rule) -> bytes:
+def _error_response(rule: Rule, head_only: bool = False) -> bytes:
     body = (
         f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{rule.code}</Code>'
         f"<Message>injected by the fault proxy</Message></Error>"
@@ -315,7 +315,7 @@ def _error_response(rule: Rule) -> bytes:
     ]
     if rule.retry_after is not None:
         lines.append(f"Retry-After: {rule.retry_after:g}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else body)
 
 
 def _rst(sock: socket.socket) -> None:
