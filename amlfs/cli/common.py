@@ -83,6 +83,9 @@ def main(ctx: click.Context, registry_path: str | None, debug: bool) -> None:
     if not debug:
         # The Azure SDK logs every HTTP request at INFO; keep it quiet unless debugging.
         logging.getLogger("azure").setLevel(logging.WARNING)
+        # A refused token is reported in one line by the command; azure-identity would log it
+        # again with a traceback.
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
     ctx.obj = AppContext(registry_path=registry_path, debug=debug)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -44,6 +45,7 @@ class Rule:
     code: str = "InternalError"
     retry_after: float | None = None
     rate: float = 0.0  # bandwidth: bytes per second
+    json: bool = False  # status: a JSON error body (the token endpoint's), else storage XML
     hits: int = 0
 
     def take(self, method: str, path: str) -> bool:
@@ -69,6 +71,11 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     reset_new: int = 0
     log: deque = field(default_factory=lambda: deque(maxlen=200_000))
+    #: (certfile, keyfile): speak TLS to the client with this certificate and TLS upstream
+    tls: tuple[str, str] | None = None
+    #: rewrite the upstream's address to the proxy's in JSON bodies (the AAD stand-in's
+    #: discovery document names its token endpoint), as a reverse proxy rewrites Location
+    rewrite_json: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -79,6 +86,11 @@ class FaultProxy:
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(256)
         self.port = self._listener.getsockname()[1]
+        self._server_tls = self._client_tls = None
+        if self.tls is not None:
+            self._server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._server_tls.load_cert_chain(*self.tls)
+            self._client_tls = ssl._create_unverified_context()  # the test's own server
         self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="proxy")
         self._thread.start()
 
@@ -86,9 +98,10 @@ class FaultProxy:
 
     def url(self, account_url: str) -> str:
         """`account_url` with its host and port replaced by the proxy's."""
-        m = re.match(r"(https?://)[^/]+(.*)", account_url)
+        m = re.match(r"https?://[^/]+(.*)", account_url)
         assert m, account_url
-        return f"{m[1]}127.0.0.1:{self.port}{m[2]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{m[1]}"
 
     def add(self, action: str, **kw) -> Rule:
         rule = Rule(action, **kw)
@@ -159,8 +172,14 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
-        reader = _Reader(client)
         try:
+            if self._server_tls is not None:
+                tls_client = self._server_tls.wrap_socket(client, server_side=True)
+                with self._lock:
+                    self._conns.discard(client)
+                    self._conns.add(tls_client)
+                client = tls_client
+            reader = _Reader(client)
             while not self._stop.is_set():
                 head = reader.head()
                 if head is None:
@@ -177,6 +196,8 @@ class FaultProxy:
                     continue
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=_IO_TIMEOUT)
+                    if self._client_tls is not None:
+                        upstream = self._client_tls.wrap_socket(upstream)
                 upstream.sendall(head + body)
                 if not self._relay(upstream, client, m, rule):
                     return
@@ -210,6 +231,15 @@ class FaultProxy:
         fields = _fields(head)
         no_body = method == "HEAD" or head.split(b" ", 2)[1] in (b"204", b"304")
         action = rule.action if rule else "ok"
+        if self.rewrite_json and "json" in fields.get("content-type", "") and not no_body:
+            body = reader.body(fields).replace(
+                f"127.0.0.1:{self.upstream[1]}".encode(), f"127.0.0.1:{self.port}".encode()
+            )
+            head = re.sub(rb"(?im)^content-length:.*\r\n", b"", head)
+            head = head[:-2] + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            reader = _Reader(up)
+            reader.buf = body
+            fields["content-length"] = str(len(body))
         client.sendall(head)
         sent = 0
         for piece in reader.body_pieces(fields, no_body):
@@ -303,19 +333,24 @@ def _fields(head: bytes) -> dict[str, str]:
 
 
 def _error_response(rule: Rule, head_only: bool = False) -> bytes:
-    body = (
-        f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{rule.code}</Code>'
-        f"<Message>injected by the fault proxy</Message></Error>"
-    ).encode()
+    if rule.json:  # an Entra ID (token endpoint) error
+        body = f'{{"error":"{rule.code}","error_description":"injected by the fault proxy"}}'
+        ctype = "application/json"
+    else:  # a storage service error
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{rule.code}</Code>'
+            f"<Message>injected by the fault proxy</Message></Error>"
+        )
+        ctype = "application/xml"
     lines = [
         f"HTTP/1.1 {rule.status} {rule.code}",
         f"x-ms-error-code: {rule.code}",
-        "Content-Type: application/xml",
-        f"Content-Length: {len(body)}",
+        f"Content-Type: {ctype}",
+        f"Content-Length: {len(body.encode())}",
     ]
     if rule.retry_after is not None:
         lines.append(f"Retry-After: {rule.retry_after:g}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else body)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else body.encode())
 
 
 def _rst(sock: socket.socket) -> None:
