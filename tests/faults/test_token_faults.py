@@ -85,9 +85,8 @@ def test_a_token_endpoint_that_keeps_refusing_is_one_line(sp_setup, tmp_path):
     [
         dict(action="status", status=500, code="InternalError", method="GET", path="/d/", count=3),
         dict(action="reset", method="GET", path="/d/", count=3),
-        dict(action="status", status=503, code="ServerBusy", retry_after=1, count=3),
     ],
-    ids=["500", "reset", "503"],
+    ids=["500", "reset"],
 )
 def test_file_share_download_through_faults(fileshare_server, tmp_path, fault):
     ds = make_fileshare_config(fileshare_server)
