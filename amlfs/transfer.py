@@ -27,6 +27,7 @@ from .errors import AmlfsError
 from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
 from .outcome import FailureStreak, TransferResult, TransferStopped, error_text
 from .progress import Progress, should_show
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def _run_uploads(
             sizes[u.local] = 0
     progress = Progress("upload", show, len(todo), sum(sizes.values()))
     streak = FailureStreak()
+    throttle = Throttle(max(1, workers or DEFAULT_WORKERS))
 
     def one(u: _Upload) -> None:
         if fatal:
@@ -265,7 +267,15 @@ def _run_uploads(
             with open(u.local, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 reader = _CountingReader(f, progress)
-                backend.write_stream(u.remote, reader, size, overwrite)
+
+                def send() -> None:
+                    # Again from the start after a throttled attempt (amlfs.throttle).
+                    f.seek(0)
+                    progress.advance(-reader.count)
+                    reader.count = 0
+                    backend.write_stream(u.remote, reader, size, overwrite)
+
+                throttle.call(send)
         except AlreadyExists:
             with lock:
                 result.skipped += 1

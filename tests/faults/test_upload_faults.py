@@ -114,3 +114,24 @@ def test_upload_of_many_files_to_file_and_dfs_without_pool_warnings(
         assert len(list(b.walk("many"))) == 64
     finally:
         b.close()
+
+
+def test_upload_waits_out_a_503_storm_longer_than_the_sdk_retries(
+    cli: Cli, proxy, direct, tmp_path
+):
+    """More 503 ServerBusy than the SDK's own retries absorb: the engine's throttle (AIMD,
+    Retry-After) tries the file again; every file arrives whole."""
+    src = tmp_path / "busy"
+    src.mkdir()
+    files = {f"b{i}": os.urandom(30_000 + i) for i in range(4)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    storm = proxy.add(
+        "status", method="PUT", status=503, code="ServerBusy", retry_after=1, count=14
+    )
+    r, secs = cli.run("upload", str(src), "faulty:busy", "--no-progress", "--workers", "4")
+    assert r.returncode == 0, r.stderr
+    assert storm.hits == 14
+    assert secs < BOUND
+    for name, data in files.items():
+        assert direct.read_all(f"busy/{name}") == data
