@@ -234,7 +234,10 @@ class Downloader:
 
     def run(self, jobs: Iterable[DownloadJob]) -> TransferResult:
         start = time.monotonic()
-        os.makedirs(self.root, exist_ok=True)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise TransferStopped(LocalIOError(e, self.root), self.result) from None
         self._committer = Committer(self.root, self.durable, self.on_commit, self._rename_failed)
         jobs = list(jobs)
         self._big_it = self._big_tasks(jobs)

@@ -97,9 +97,11 @@ def test_full_target_is_enospc_with_the_path_and_stops(
         assert size == sizes[rel]  # only complete files under real names
 
 
+@pytest.mark.parametrize("sub", ["", "new/dir"], ids=["the-mount", "a-new-subdirectory"])
 @pytest.mark.parametrize("command", ["stage", "download"])
-def test_readonly_target_is_erofs_and_one_line(cli: Cli, seeded, readonly_target, command):
-    r, secs = cli.run(command, "faulty:d", str(readonly_target), *FLAGS)
+def test_readonly_target_is_erofs_and_one_line(cli: Cli, seeded, readonly_target, command, sub):
+    target = readonly_target / sub
+    r, secs = cli.run(command, "faulty:d", str(target), *FLAGS)
     assert r.returncode == 1, r.stderr
     assert secs < BOUND
     line = _one_error(r.stderr)
