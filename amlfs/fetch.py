@@ -13,21 +13,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .backends.base import (
     Backend,
     BackendError,
     Changed,
-    Forbidden,
     IsADirectory,
+    LocalIOError,
     NotFound,
     ObjectInfo,
     Transient,
     retry,
 )
+from .bigfile import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_RANGE_WORKERS,
+    DEFAULT_WORKERS,
+    SMALL_FILE_MAX,
+    BigFile,
+    chunk_size,
+)
 from .commit import Committed, Committer, part_path, unlink_quiet
+from .outcome import FailureStreak, TransferResult, TransferStopped, error_text
 from .progress import Progress
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +49,6 @@ __all__ = [
     "chunk_size",
     "error_text",
 ]
-
-DEFAULT_BLOCK_SIZE = 8 << 20
-DEFAULT_WORKERS = 32
-#: ranged GETs of large files in flight at once (bounds memory: this x block size)
-DEFAULT_RANGE_WORKERS = 8
-#: files up to this size are fetched whole by any worker into a per-thread buffer (memory:
-#: workers x this); larger ones go through the ranged path, streamed into the file.
-SMALL_FILE_MAX = 1 << 20
-MAX_AUTO_CHUNK = 64 << 20
-
-
-@dataclass
-class TransferResult:
-    copied: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    bytes: int = 0
-    seconds: float = 0.0
-    deleted: int = 0
-    #: remote names that could not be safe local paths (or clash with a directory), skipped
-    unsafe: int = 0
-    #: --verify: files whose Content-MD5 matched, and files the service had no MD5 for
-    verified: int = 0
-    no_md5: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 @dataclass(slots=True)
@@ -80,26 +62,6 @@ class DownloadJob:
     resume_chunks: frozenset[int] = frozenset()
 
 
-def chunk_size(size: int, block_size: int | None = None) -> int:
-    """The ranged-read size for a file of `size` bytes: `block_size` when given; else 8 MiB,
-    grown (in whole MiB, up to 64 MiB) so that a file takes about 2 x DEFAULT_RANGE_WORKERS
-    requests. Fewer, larger requests cost the service less (Azurite holding 20000 blobs: 1.4 s
-    of CPU per GiB at 8 MiB, 0.85 s at 64 MiB), and memory does not grow: ranges stream into
-    the file."""
-    if block_size:
-        return block_size
-    want = -(-size // (2 * DEFAULT_RANGE_WORKERS))
-    return min(MAX_AUTO_CHUNK, max(DEFAULT_BLOCK_SIZE, -(-want // (1 << 20)) << 20))
-
-
-def error_text(e: BaseException, where: str) -> str:
-    if isinstance(e, BackendError):
-        return str(e)
-    if isinstance(e, OSError):
-        return f"{where}: {e.strerror or e}"
-    return f"{where}: {type(e).__name__}: {e}"
-
-
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
     view = memoryview(data)
     pos = 0
@@ -109,34 +71,6 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> 
         else:
             n = os.pwrite(fd, view[pos:], offset + pos)
         pos += n
-
-
-class _BigFile:
-    """A file fetched in chunks by several workers; the last chunk to finish completes it."""
-
-    def __init__(self, job: DownloadJob, block_size: int):
-        self.job = job
-        self.info = job.info
-        self.tmp = part_path(job.dest)
-        self.block_size = block_size
-        self.lock = threading.Lock()
-        self.fd = -1
-        self.attempt = 0
-        self.error: BaseException | None = None
-        self.reset(job.resume_chunks)
-
-    def reset(self, resume: frozenset[int]) -> None:
-        self.nchunks = max(1, -(-self.info.size // self.block_size))
-        self.todo = [i for i in range(self.nchunks) if i not in resume]
-        self.remaining = len(self.todo)
-        self.resumed = bool(resume)
-        self.resumed_bytes = sum(self.chunk_range(i)[1] for i in resume if i < self.nchunks)
-        self.fresh_done: list[int] = []
-        self.bytes_done = 0
-
-    def chunk_range(self, idx: int) -> tuple[int, int]:
-        off = idx * self.block_size
-        return off, min(self.block_size, self.info.size - off)
 
 
 class Downloader:
@@ -185,17 +119,42 @@ class Downloader:
         self._stop = False
         self._fatal: BaseException | None = None
         self._dirs: set[str] = set()
-        self._open_big: set[_BigFile] = set()
+        self._open_big: set[BigFile] = set()
+        self._streak = FailureStreak()
+        #: adaptive concurrency of the requests (amlfs.throttle)
+        self.throttle = Throttle(self.workers)
 
     # --- bookkeeping ---------------------------------------------------------------------
 
-    def _fail(self, key: str, message: str) -> None:
-        log.warning("failed: %s", message)
+    def _fail(self, key: str, message: str, err: BaseException | None = None) -> None:
+        """A per-file failure, listed once at the end (by the caller), not logged here; a
+        streak of them of one kind stops the run (amlfs.outcome)."""
+        log.debug("failed: %s", message)
         with self._lock:
             self.result.failed.append((key, message))
+        repeated = self._streak.failure(err)
+        if repeated:
+            self._stop_run(TransferStopped(err, self.result, repeated))  # type: ignore[arg-type]
+
+    def _stop_run(self, e: BaseException) -> None:
+        with self._cv:
+            self._fatal = self._fatal or e
+            self._stop = True
+            self._cv.notify_all()
+
+    def _local_error(self, e: OSError, job: DownloadJob) -> LocalIOError:
+        """A local write error, named by the file's real name; stops the run when every
+        other file would hit it too (a full or read-only target)."""
+        if isinstance(e, LocalIOError):  # named by the part file: name the real one
+            e = OSError(e.errno, e.strerror)
+        err = LocalIOError(e, job.dest, job.info.path)
+        if err.same_for_all:
+            self._stop_run(err)
+        return err
 
     def _rename_failed(self, done: Committed, e: OSError) -> None:
-        self._fail(done.job.key, error_text(e, done.job.dest))
+        err = self._local_error(e, done.job)
+        self._fail(done.job.key, str(err), err)
 
     def _count(self, **kw: int) -> None:
         with self._lock:
@@ -215,7 +174,7 @@ class Downloader:
     def _big_tasks(self, jobs: list[DownloadJob]) -> Iterator[tuple]:
         for job in jobs:
             if not self._is_small(job):
-                bf = _BigFile(job, chunk_size(job.info.size, self.explicit_block))
+                bf = BigFile(job, chunk_size(job.info.size, self.explicit_block))
                 if not bf.todo:  # every chunk survived from an interrupted run
                     yield (True, self._finish_big, bf)
                 for idx in bf.todo:
@@ -261,16 +220,12 @@ class Downloader:
                 return
             try:
                 task[1](*task[2:])
-            except Forbidden as e:
-                # Every other file would fail the same way: stop instead of listing them all.
-                with self._lock:
-                    self._fatal = self._fatal or e
-                    self._stop = True
-            except BaseException as e:  # a bug: fail loudly but still clean up
-                log.exception("transfer worker failed")
-                with self._lock:
-                    self._fatal = self._fatal or e
-                    self._stop = True
+            except BaseException as e:
+                # same_for_all: every other file would fail the same way; stop instead of
+                # listing them all. Anything else here is a bug: fail loudly, still clean up.
+                if not (isinstance(e, BackendError) and e.same_for_all):
+                    log.exception("transfer worker failed")
+                self._stop_run(e)
             finally:
                 with self._cv:
                     self._active -= 1
@@ -279,7 +234,10 @@ class Downloader:
 
     def run(self, jobs: Iterable[DownloadJob]) -> TransferResult:
         start = time.monotonic()
-        os.makedirs(self.root, exist_ok=True)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise TransferStopped(LocalIOError(e, self.root), self.result) from None
         self._committer = Committer(self.root, self.durable, self.on_commit, self._rename_failed)
         jobs = list(jobs)
         self._big_it = self._big_tasks(jobs)
@@ -306,6 +264,8 @@ class Downloader:
             self._committer.close()
             self.result.copied = self._committer.committed
             self.result.seconds = time.monotonic() - start
+        if isinstance(self._fatal, BackendError):
+            raise TransferStopped(self._fatal, self.result)
         if self._fatal is not None:
             raise self._fatal
         return self.result
@@ -329,7 +289,10 @@ class Downloader:
         if buf is None or len(buf) < length:
             buf = self._local.buf = bytearray(max(length, 256 << 10))
         view = memoryview(buf)[:length]
-        n = retry(lambda: self.backend.read_range_into(path, off, view, etag), attempts=2)
+        n = retry(
+            lambda: self.throttle.call(lambda: self.backend.read_range_into(path, off, view, etag)),
+            attempts=2,
+        )
         return view[:n]
 
     def _restat(self, job: DownloadJob) -> ObjectInfo | None:
@@ -339,10 +302,10 @@ class Downloader:
         except NotFound:
             self._fail(job.key, f"{job.info.path!r} was deleted during the transfer")
             return None
-        except Forbidden:
-            raise
         except BackendError as e:
-            self._fail(job.key, str(e))
+            if e.same_for_all:
+                raise
+            self._fail(job.key, str(e), e)
             return None
         if info.is_dir:
             self._fail(job.key, f"{job.info.path!r} became a directory during the transfer")
@@ -377,12 +340,12 @@ class Downloader:
                 self._small(job, attempt + 1)
             return
         except (NotFound, Transient, IsADirectory) as e:
-            self._fail(job.key, error_text(e, info.path))
+            self._fail(job.key, error_text(e, info.path), e)
             return
         except BackendError as e:
-            if isinstance(e, Forbidden):
+            if e.same_for_all:
                 raise
-            self._fail(job.key, error_text(e, info.path))
+            self._fail(job.key, error_text(e, info.path), e)
             return
         if self.verify and not self._verify(job, hashlib.md5(data).digest()):
             return
@@ -396,8 +359,11 @@ class Downloader:
                 os.close(fd)
         except OSError as e:
             unlink_quiet(tmp)
-            self._fail(job.key, error_text(e, job.dest))
+            err = self._local_error(e, job)
+            if not err.same_for_all:
+                self._fail(job.key, str(err), err)
             return
+        self._streak.success()
         self._count(bytes=info.size)
         self.progress.advance(info.size)
         self.progress.file_done()
@@ -411,7 +377,7 @@ class Downloader:
         # What the filesystem stored (it may round), so that a later stat compares equal.
         return os.fstat(fd).st_mtime_ns
 
-    def _open_big_file(self, bf: _BigFile) -> None:
+    def _open_big_file(self, bf: BigFile) -> None:
         with bf.lock:
             if bf.fd >= 0:
                 return
@@ -426,14 +392,16 @@ class Downloader:
                 except OSError:  # e.g. tmpfs without fallocate: a sparse file still works
                     os.ftruncate(bf.fd, bf.info.size)
 
-    def _chunk(self, bf: _BigFile, idx: int) -> None:
+    def _chunk(self, bf: BigFile, idx: int) -> None:
         if bf.error is None and not self._stop:
             off, length = bf.chunk_range(idx)
             try:
                 self._open_big_file(bf)
                 n = retry(
-                    lambda: self.backend.read_range_to_fd(
-                        bf.info.path, off, length, bf.fd, off, bf.info.etag
+                    lambda: self.throttle.call(
+                        lambda: self.backend.read_range_to_fd(
+                            bf.info.path, off, length, bf.fd, off, bf.info.etag
+                        )
                     ),
                     attempts=2,
                 )
@@ -443,9 +411,11 @@ class Downloader:
                 with bf.lock:
                     bf.bytes_done += length
                     bf.fresh_done.append(idx)
-            except Forbidden:
-                raise
             except (BackendError, OSError) as e:
+                if isinstance(e, OSError):
+                    e = self._local_error(e, bf.job)
+                if e.same_for_all:
+                    raise e from None
                 with bf.lock:
                     bf.error = bf.error or e
         with bf.lock:
@@ -457,7 +427,7 @@ class Downloader:
         if last:
             self._finish_big(bf)
 
-    def _finish_big(self, bf: _BigFile) -> None:
+    def _finish_big(self, bf: BigFile) -> None:
         job = bf.job
         if self._stop:
             return  # left in _open_big: closed (and kept when resumable) by run()
@@ -472,8 +442,9 @@ class Downloader:
                 os.close(bf.fd)
                 bf.fd = -1
             except OSError as e:
-                bf.error = e
+                bf.error = self._local_error(e, job)
             else:
+                self._streak.success()
                 with self._lock:
                     self._open_big.discard(bf)
                 self._count(bytes=bf.info.size - bf.resumed_bytes)
@@ -500,14 +471,15 @@ class Downloader:
                 self._retry.extend((True, self._chunk, bf, i) for i in bf.todo)
                 self._cv.notify_all()
             return
+        self._drop_big(bf)
         if isinstance(err, Changed):
             self._fail(job.key, f"{bf.info.path!r} kept changing during the transfer")
+        elif isinstance(err, LocalIOError) and err.same_for_all:
+            pass  # the run stops with it (_local_error)
         else:
-            where = job.dest if isinstance(err, OSError) else bf.info.path
-            self._fail(job.key, error_text(err, where))  # type: ignore[arg-type]
-        self._drop_big(bf)
+            self._fail(job.key, error_text(err, bf.info.path), err)  # type: ignore[arg-type]
 
-    def _drop_big(self, bf: _BigFile) -> None:
+    def _drop_big(self, bf: BigFile) -> None:
         if bf.fd >= 0:
             os.close(bf.fd)
             bf.fd = -1

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from .fetch import TransferResult
+    from .outcome import TransferResult
 
 
 def should_show(show: bool | None, stream: TextIO | None = None) -> bool:

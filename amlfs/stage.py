@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .backends.base import Backend
+from .backends.base import Backend, LocalIOError
 from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
-from .fetch import Downloader, DownloadJob, TransferResult, chunk_size
+from .fetch import Downloader, DownloadJob, chunk_size
 from .filters import KEEP_ALL, PathFilter
+from .outcome import TransferResult, TransferStopped
 from .progress import Progress, should_show
 from .stagestate import BOOT_ID, JOURNAL_NAME, STATE_NAME, StageState
 from .transfer import list_remote, safe_jobs
@@ -100,9 +101,44 @@ def stage(
     verify: check Content-MD5 of downloaded files and of the local copies it skips (a mismatching
     local copy is downloaded again). durable: syncfs before publishing and journalling (see
     amlfs.commit); without it, claims are trusted only until the machine restarts. A missing
-    `prefix` raises NotFound. path_filter: only the files it keeps take part, in the copy and in
-    `delete` (a local file it leaves out is never deleted).
+    `prefix` raises NotFound; a local error writing the state, LocalIOError. path_filter: only
+    the files it keeps take part, in the copy and in `delete` (a local file it leaves out is
+    never deleted).
     """
+    try:
+        return _stage(
+            backend,
+            prefix,
+            target_dir,
+            delete=delete,
+            dry_run=dry_run,
+            verify=verify,
+            workers=workers,
+            block_size=block_size,
+            show_progress=show_progress,
+            durable=durable,
+            on_plan=on_plan,
+            path_filter=path_filter,
+        )
+    except OSError as e:
+        raise LocalIOError(e, e.filename or os.path.abspath(target_dir)) from None
+
+
+def _stage(
+    backend: Backend,
+    prefix: str | None,
+    target_dir: str,
+    *,
+    delete: bool,
+    dry_run: bool,
+    verify: bool,
+    workers: int | None,
+    block_size: int | None,
+    show_progress: bool | None,
+    durable: bool,
+    on_plan: Callable[[str, str], None] | None,
+    path_filter: PathFilter,
+) -> TransferResult:
     start = time.monotonic()
     root = os.path.abspath(target_dir)
     if os.path.exists(root) and not os.path.isdir(root):
@@ -234,8 +270,11 @@ def stage(
             durable=durable,
             on_commit=on_commit,
         )
+        stopped: TransferStopped | None = None
         try:
             r = engine.run(jobs)
+        except TransferStopped as e:
+            stopped, r = e, e.result
         finally:
             progress.close()
             state.compact(remote_names)
@@ -249,4 +288,7 @@ def stage(
     result.no_md5 += r.no_md5
     result.unsafe += r.unsafe
     result.seconds = time.monotonic() - start
+    if stopped is not None:
+        stopped.result = result
+        raise stopped
     return result

@@ -15,31 +15,27 @@ from .backends.base import (
     AlreadyExists,
     Backend,
     BackendError,
-    Forbidden,
     NotADirectory,
     NotFound,
     ObjectInfo,
     is_safe_relpath,
     join,
     normpath,
+    retry,
 )
 from .errors import AmlfsError
-from .fetch import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_WORKERS,
-    Downloader,
-    DownloadJob,
-    TransferResult,
-    error_text,
-)
+from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
 from .filters import KEEP_ALL, PathFilter
+from .outcome import FailureStreak, TransferResult, TransferStopped, error_text
 from .progress import Progress, should_show
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "TransferResult",
+    "TransferStopped",
     "download",
     "list_remote",
     "relative_name",
@@ -61,9 +57,11 @@ def list_remote(backend: Backend, prefix: str | None) -> tuple[list[ObjectInfo],
     """
     p = normpath(prefix)
     try:
-        files = list(backend.walk(p))
-    except (NotFound, NotADirectory):
-        if not p:
+        # A listing broken off by a transient failure is started again (a few times): one
+        # failed page must not fail a transfer of thousands of files.
+        files = retry(lambda: list(backend.walk(p)), attempts=3)
+    except (NotFound, NotADirectory) as e:
+        if not p or e.same_for_all:  # the root, or the container itself, is missing
             raise
         files = []
     if files or not p:
@@ -157,13 +155,18 @@ def download(
         progress=progress,
         durable=durable,
     )
+    stopped: TransferStopped | None = None
     try:
         r = dl.run(jobs)
+    except TransferStopped as e:
+        stopped, r = e, e.result
     finally:
         progress.close()
     r.skipped += result.skipped
     r.unsafe += result.unsafe
     r.seconds = time.monotonic() - start
+    if stopped is not None:
+        raise stopped
     return r
 
 
@@ -258,6 +261,8 @@ def _run_uploads(
         except OSError:
             sizes[u.local] = 0
     progress = Progress("upload", show, len(todo), sum(sizes.values()))
+    streak = FailureStreak()
+    throttle = Throttle(max(1, workers or DEFAULT_WORKERS))
 
     def one(u: _Upload) -> None:
         if fatal:
@@ -266,21 +271,34 @@ def _run_uploads(
             with open(u.local, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 reader = _CountingReader(f, progress)
-                backend.write_stream(u.remote, reader, size, overwrite)
+
+                def send() -> None:
+                    # Again from the start after a throttled attempt (amlfs.throttle).
+                    f.seek(0)
+                    progress.advance(-reader.count)
+                    reader.count = 0
+                    backend.write_stream(u.remote, reader, size, overwrite)
+
+                throttle.call(send)
         except AlreadyExists:
             with lock:
                 result.skipped += 1
             progress.advance(-reader.count)
             progress.add_total(files=-1, nbytes=-sizes.get(u.local, 0))
             return
-        except Forbidden as e:
-            fatal.append(e)
-            return
         except (BackendError, OSError) as e:
+            if isinstance(e, BackendError) and e.same_for_all:
+                fatal.append(e)
+                return
+            # Listed once at the end by the caller; a streak of one kind stops the run.
+            log.debug("failed: %s", error_text(e, u.local))
             with lock:
                 result.failed.append((u.key, error_text(e, u.local)))
-            log.warning("failed: %s", error_text(e, u.local))
+            repeated = streak.failure(e)
+            if repeated:
+                fatal.append(TransferStopped(e, result, repeated))
             return
+        streak.success()
         with lock:
             result.copied += 1
             result.bytes += size
@@ -292,9 +310,11 @@ def _run_uploads(
                 pass
     finally:
         progress.close()
-    if fatal:
-        raise fatal[0]
     result.seconds = time.monotonic() - start
+    if fatal:
+        raise (
+            fatal[0] if isinstance(fatal[0], TransferStopped) else TransferStopped(fatal[0], result)
+        )
     return result
 
 

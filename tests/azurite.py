@@ -72,13 +72,18 @@ class Azurite:
 
 
 def start_azurite(
-    in_memory: bool = True, port: int | None = None, skip_api_version_check: bool = True
+    in_memory: bool = True,
+    port: int | None = None,
+    skip_api_version_check: bool = True,
+    workdir: str | None = None,
 ) -> Azurite:
+    """Azurite on `port` (a free one by default); on disk in `workdir` unless `in_memory` (give
+    the same port and workdir to restart one with its data)."""
     binary = azurite_binary()
     if binary is None:
         raise RuntimeError("azurite is not installed: run `npm install` in the repository root")
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="amlfs-azurite-")
+    workdir = workdir or tempfile.mkdtemp(prefix="amlfs-azurite-")
     cmd = [
         binary,
         "--blobHost",
@@ -92,7 +97,7 @@ def start_azurite(
     ]
     # Azurite refuses --location together with --inMemoryPersistence.
     cmd += ["--inMemoryPersistence"] if in_memory else ["--location", workdir]
-    log = open(os.path.join(workdir, "azurite.log"), "wb")
+    log = open(os.path.join(workdir, "azurite.log"), "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_nofile)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -35,6 +35,7 @@ from .azure import (
     client_options,
     file_path,
     is_folder,
+    pooled_transport,
     quoted_etag,
     removed_on_failure,
     resolve,
@@ -42,7 +43,6 @@ from .azure import (
     sdk_abort,
     temp_name,
     timestamp,
-    transport_timeouts,
 )
 from .base import (
     Abort,
@@ -71,10 +71,12 @@ class AdlsBackend(AzureBackend):
         url: str,
         credential: ResolvedCredential | None = None,
         block_size: int = 8 * 1024 * 1024,
+        session: Any = None,
     ):
         super().__init__(f"ADLS Gen2 filesystem {fs.file_system_name!r} at {url}", credential, log)
         self.fs = fs
         self.block_size = block_size
+        self._session = session
 
     @classmethod
     def from_config(
@@ -94,6 +96,9 @@ class AdlsBackend(AzureBackend):
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
             )
         rc, url = resolve(ds, "dfs")
+        transport, session = pooled_transport(
+            connection_timeout=connection_timeout, read_timeout=read_timeout or 60.0
+        )
         fs = FileSystemClient(
             url,
             ds.filesystem,
@@ -102,10 +107,10 @@ class AdlsBackend(AzureBackend):
                 block_size,
                 retry_policy(retry_total, retry_backoff),
                 api_version=ds.api_version,
-                **transport_timeouts(connection_timeout, read_timeout),
+                transport=transport,
             ),
         )
-        return cls(fs, url=url, credential=rc, block_size=block_size)
+        return cls(fs, url=url, credential=rc, block_size=block_size, session=session)
 
     def _message(self, kind: Kind, f: Failure) -> str:
         if kind is Kind.ACL:
@@ -285,3 +290,5 @@ class AdlsBackend(AzureBackend):
 
     def close(self) -> None:
         self.fs.close()
+        if self._session is not None:
+            self._session.close()

@@ -46,12 +46,15 @@ from .base import (
     Backend,
     BackendError,
     Changed,
+    ContainerMissing,
     Forbidden,
     InvalidName,
     IsADirectory,
     NotADirectory,
     NotFound,
+    Throttled,
     Transient,
+    Unsupported,
     normpath,
 )
 from .http import ProtocolError, shutdown
@@ -242,8 +245,16 @@ def client_options(
     }
 
 
+#: connections kept per client: the transfer engine's 32 workers, each uploading up to 4 blocks
+#: or ranges at once. The SDK's default pool keeps 10, so an upload of many files opened and
+#: discarded a connection per request beyond those ("Connection pool is full" warnings).
+POOL_CONNECTIONS = 128
+
+
 def pooled_transport(
-    max_connections: int, connection_timeout: float, read_timeout: float
+    max_connections: int = POOL_CONNECTIONS,
+    connection_timeout: float = 10.0,
+    read_timeout: float = 60.0,
 ) -> tuple[RequestsTransport, requests.Session]:
     """A transport over our own session (close it with the client): the SDK's default pool keeps
     10 connections, fewer than the threads a mount or a transfer drives; urllib3's own retries
@@ -325,10 +336,12 @@ class Kind(enum.Enum):
     TYPE_MISMATCH = enum.auto()  # a file where a directory was expected, or the reverse
     EXISTS = enum.auto()
     BAD_NAME = enum.auto()  # a name the service refuses
-    FAILED = enum.auto()  # throttled, timed out, any 5xx
+    THROTTLED = enum.auto()  # 503 ServerBusy, 429: slow down (Retry-After)
+    FAILED = enum.auto()  # timed out, any other 5xx
     NETWORK = enum.auto()  # no connection, a reset, a response cut short
     GARBLED = enum.auto()  # a body that cannot be decoded
     BROKE_OFF = enum.auto()  # a failure while reading a body (the downloader's own retries)
+    UNSUPPORTED = enum.auto()  # 400 InvalidHeaderValue: most often an API version refused
     HTTP = enum.auto()  # any other HTTP status
     API_VERSION = enum.auto()  # the service does not accept the x-ms-version sent
     PROTOCOL = enum.auto()  # a response that does not answer the request (lean client)
@@ -337,7 +350,7 @@ class Kind(enum.Enum):
 
 ERRORS: dict[Kind, type[BackendError]] = {
     Kind.CHANGED: Changed,
-    Kind.GONE: NotFound,
+    Kind.GONE: ContainerMissing,
     Kind.NOT_FOUND: NotFound,
     Kind.DENIED: Forbidden,
     Kind.ACL: Forbidden,
@@ -345,16 +358,18 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.TYPE_MISMATCH: NotADirectory,
     Kind.EXISTS: AlreadyExists,
     Kind.BAD_NAME: InvalidName,
+    Kind.THROTTLED: Throttled,
     Kind.FAILED: Transient,
     Kind.NETWORK: Transient,
     Kind.GARBLED: Transient,
     Kind.BROKE_OFF: Transient,
+    Kind.UNSUPPORTED: Unsupported,
     Kind.HTTP: BackendError,
     Kind.API_VERSION: UnsupportedVersion,
     Kind.PROTOCOL: Transient,
     Kind.OTHER: BackendError,
 }
-TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if e is Transient)
+TRANSIENT_KINDS = frozenset(k for k, e in ERRORS.items() if issubclass(e, Transient))
 
 
 @dataclass(frozen=True)
@@ -406,6 +421,10 @@ def classify(
         return Kind.BAD_NAME
     if status == 400 and code == "InvalidHeaderValue" and "version" in str(exc).lower():
         return Kind.API_VERSION
+    if status == 400 and code in ("InvalidHeaderValue", "UnsupportedHeader"):
+        return Kind.UNSUPPORTED
+    if status == 429 or (status == 503 and code in ("ServerBusy", "")):
+        return Kind.THROTTLED
     if status is not None and (status in TRANSIENT_STATUS or status >= 500):
         return Kind.FAILED
     if isinstance(exc, ProtocolError):
@@ -464,6 +483,18 @@ def api_version_message(description: str, version: str) -> str:
     )
 
 
+def retry_after(exc: BaseException) -> float | None:
+    """The Retry-After (seconds) of a failed response, when the exception carries it."""
+    value = getattr(exc, "retry_after", None)
+    if value is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, min(60.0, float(value))) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 # --- the common part of the backends --------------------------------------------------------------
 
 
@@ -516,7 +547,10 @@ class AzureBackend(Backend):
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("%s %r: %s: %s", self.description, path, failure.type, detail)
         kind = classify(exc, status, code, self.exists_codes)
-        return ERRORS[kind](self._message(kind, failure), path)
+        err = ERRORS[kind](self._message(kind, failure), path)
+        if isinstance(err, Throttled):
+            err.retry_after = retry_after(exc)
+        return err
 
     def _message(self, kind: Kind, f: Failure) -> str:
         """What a failure of `kind` says (this wording: the hierarchical backends')."""
@@ -539,6 +573,8 @@ class AzureBackend(Backend):
             Kind.TYPE_MISMATCH: f"{f.where} is not the kind of entry expected (file vs directory)",
             Kind.EXISTS: f"{f.where} already exists ({f.code})",
             Kind.BAD_NAME: f"{f.where}: {self.service} does not allow this name",
+            Kind.UNSUPPORTED: f"{self.description} refuses the request (HTTP {f.what}:"
+            " most often an API version it does not support)",
         }.get(kind, f"{f.where}: {f.reason}")
 
     def _call(self, path: str, fn: Callable[[], T]) -> T:

@@ -133,8 +133,9 @@ class BlobBackend(AzureBackend):
         self.page_size = PAGE_SIZE
         self._side: ThreadPoolExecutor | None = None
         self._side_lock = threading.Lock()
+        # Each caller may have upload_concurrency block uploads in flight.
         transport, self._session = pooled_transport(
-            max_connections, connection_timeout, read_timeout
+            max_connections * self.upload_concurrency, connection_timeout, read_timeout
         )
         sdk_cred = sdk_credential(credential, account_name)
         self._cc = ContainerClient(
@@ -200,6 +201,7 @@ class BlobBackend(AzureBackend):
             Kind.NO_TOKEN: f"could not authenticate to {d} using {f.source}: {f.text}",
             Kind.EXISTS: f"{p} exists",
             Kind.BAD_NAME: f"{d}: {p}: the service does not allow this name (HTTP {f.what})",
+            Kind.THROTTLED: f"{d}: {p}: the service is busy (HTTP {f.what})",
             Kind.FAILED: f"{d}: {p}: the service failed (HTTP {f.what})",
             Kind.NETWORK: (
                 unresolved_message(d, f.unresolved)

@@ -29,7 +29,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from .base import Abort
+from .base import Abort, LocalIOError
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
 from .http import (
     PIECE,
@@ -244,6 +244,11 @@ class BlobFastPath:
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """A local write: its OSError (ENOSPC, EIO...) is the disk's, not the network's, so it
+    leaves as LocalIOError, which `_call` neither retries nor counts as a broken connection."""
     pos = 0
-    while pos < len(view):
-        pos += os.pwrite(fd, view[pos:], offset + pos)
+    try:
+        while pos < len(view):
+            pos += os.pwrite(fd, view[pos:], offset + pos)
+    except OSError as e:
+        raise LocalIOError.for_fd(e, fd) from None

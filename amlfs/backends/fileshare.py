@@ -31,6 +31,7 @@ from .azure import (
     client_options,
     error_code,
     file_path,
+    pooled_transport,
     quoted_etag,
     removed_on_failure,
     resolve,
@@ -38,7 +39,6 @@ from .azure import (
     sdk_abort,
     temp_name,
     timestamp,
-    transport_timeouts,
 )
 from .base import (
     Abort,
@@ -72,10 +72,16 @@ class FileShareBackend(AzureBackend):
     service = "Azure Files"
 
     def __init__(
-        self, share: ShareClient, *, url: str, credential: ResolvedCredential | None = None
+        self,
+        share: ShareClient,
+        *,
+        url: str,
+        credential: ResolvedCredential | None = None,
+        session: Any = None,
     ):
         super().__init__(f"file share {share.share_name!r} at {url}", credential, log)
         self.share = share
+        self._session = session
 
     @classmethod
     def from_config(
@@ -95,17 +101,22 @@ class FileShareBackend(AzureBackend):
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
             )
         rc, url = resolve(ds, "file")
+        transport, session = pooled_transport(
+            connection_timeout=connection_timeout, read_timeout=read_timeout or 60.0
+        )
         kwargs = client_options(
             block_size,
             retry_policy(retry_total, retry_backoff),
             api_version=ds.api_version,
-            **transport_timeouts(connection_timeout, read_timeout),
+            transport=transport,
         )
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
             kwargs["token_intent"] = "backup"
         service = ShareServiceClient(url, credential=sdk_credential(rc, ds.account_name), **kwargs)
-        return cls(service.get_share_client(ds.file_share_name), url=url, credential=rc)
+        return cls(
+            service.get_share_client(ds.file_share_name), url=url, credential=rc, session=session
+        )
 
     def _file_error(self, e: Exception, rel: str) -> BackendError:
         """`_map_error` for a call on the file `rel`: a directory there is IsADirectory."""
@@ -275,3 +286,5 @@ class FileShareBackend(AzureBackend):
 
     def close(self) -> None:
         self.share.close()
+        if self._session is not None:
+            self._session.close()

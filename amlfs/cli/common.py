@@ -72,7 +72,8 @@ class AmlfsGroup(click.Group):
             debug = isinstance(ctx.obj, AppContext) and ctx.obj.debug
             if debug:
                 log.exception("failed")
-            click.echo(f"amlfs: error: {e}", err=True)
+            hint = getattr(e, "hint", "")  # BackendError: what to do about it
+            click.echo(f"amlfs: error: {e}" + (f"; {hint}" if hint else ""), err=True)
             sys.exit(code)
         except KeyboardInterrupt:
             click.echo("amlfs: interrupted", err=True)
@@ -112,6 +113,9 @@ def main(ctx: click.Context, registry_path: str | None, debug: bool) -> None:
     if not debug:
         # The Azure SDK logs every HTTP request at INFO; keep it quiet unless debugging.
         logging.getLogger("azure").setLevel(logging.WARNING)
+        # A refused token is reported in one line by the command; azure-identity would log it
+        # again with a traceback.
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
     ctx.obj = AppContext(registry_path=registry_path, debug=debug)
 
 

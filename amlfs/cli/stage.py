@@ -14,6 +14,7 @@ from .transfer import (
     path_filter,
     progress_option,
     report,
+    reported_stop,
     sigterm_as_interrupt,
     workers_option,
 )
@@ -68,7 +69,7 @@ def stage_cmd(
         click.echo(f"{action} {name}")
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), reported_stop("would copy" if dry_run else "copied"):
             result = stage(
                 backend,
                 path,

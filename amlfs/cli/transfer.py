@@ -14,7 +14,7 @@ import click
 from .. import units
 from ..filters import PathFilter
 from ..progress import summary_line
-from ..transfer import TransferResult, download, upload_dir, upload_files
+from ..transfer import TransferResult, TransferStopped, download, upload_dir, upload_files
 from .common import AppContext, examples, main, pass_app
 
 #: failures listed on stderr before "... and N more"
@@ -95,14 +95,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def report(result: TransferResult, verb: str = "copied") -> None:
-    """The summary line, then every failure; exit 1 when any file failed."""
+    """The summary line, then every failure (once); exit 1 when any file failed."""
     click.echo(summary_line(result, verb), err=True)
+    _list_failures(result)
     if result.failed:
-        for name, why in result.failed[:MAX_LISTED]:
-            click.echo(f"amlfs: failed: {name}: {why}", err=True)
-        if len(result.failed) > MAX_LISTED:
-            click.echo(f"amlfs: ... and {len(result.failed) - MAX_LISTED} more", err=True)
         click.echo(f"amlfs: error: {len(result.failed)} file(s) failed", err=True)
+        sys.exit(1)
+
+
+def _list_failures(result: TransferResult) -> None:
+    for name, why in result.failed[:MAX_LISTED]:
+        click.echo(f"amlfs: failed: {name}: {why}", err=True)
+    if len(result.failed) > MAX_LISTED:
+        click.echo(f"amlfs: ... and {len(result.failed) - MAX_LISTED} more", err=True)
+
+
+@contextmanager
+def reported_stop(verb: str) -> Iterator[None]:
+    """A run stopped early (TransferStopped): the summary, the failures listed before the stop,
+    then the one line saying what stopped it and what to do; exit 1."""
+    try:
+        yield
+    except TransferStopped as e:
+        click.echo(summary_line(e.result, verb), err=True)
+        _list_failures(e.result)
+        click.echo(f"amlfs: error: {e}", err=True)
         sys.exit(1)
 
 
@@ -130,7 +147,7 @@ def upload(
     ds, path = app.location(dest)
     backend = app.backend(ds)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), reported_stop("uploaded"):
             if os.path.isdir(src):
                 result = upload_dir(
                     backend,
@@ -192,7 +209,7 @@ def download_cmd(
     ds, path = app.location(src)
     backend = app.backend(ds)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), reported_stop("downloaded"):
             result = download(
                 backend,
                 dest,
