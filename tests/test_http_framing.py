@@ -416,3 +416,15 @@ def test_abort_while_a_connection_is_being_set_up(where, monkeypatch):
         assert time.monotonic() - t0 < 2
         t.join()
         client.close()
+
+
+def test_throttling_waits_at_least_the_retry_after_the_service_asks_for():
+    busy = response(503, b"", {"x-ms-error-code": "ServerBusy", "Retry-After": "1"})
+    with CannedServer([busy, partial(BODY[:10], 0, 1024)]) as server:
+        t0 = time.monotonic()
+        assert read(server, 0, 10, retry_total=1, retry_backoff=0.01) == BODY[:10]
+        assert time.monotonic() - t0 >= 0.9  # not the 10 ms backoff
+    with CannedServer([busy]) as server:
+        with pytest.raises(HttpStatusError) as e:
+            read(server, 0, 10)  # no retries left: the engine sees what the service asked
+        assert e.value.status_code == 503 and e.value.retry_after == "1"

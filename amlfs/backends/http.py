@@ -47,10 +47,17 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 class HttpStatusError(Exception):
     """A non-2xx response. `status_code` and `error_code` as on azure.core's HttpResponseError."""
 
-    def __init__(self, status_code: int, error_code: str | None, reason: str = ""):
+    def __init__(
+        self,
+        status_code: int,
+        error_code: str | None,
+        reason: str = "",
+        retry_after: str | None = None,
+    ):
         super().__init__(f"HTTP {status_code} {error_code or reason}".strip())
         self.status_code = status_code
         self.error_code = error_code
+        self.retry_after = retry_after  # the Retry-After header, read by azure.retry_after
 
 
 class ProtocolError(Exception):
@@ -248,11 +255,13 @@ class HttpClient:
         while True:
             if abort is not None:
                 abort.check()
+            wait = 0.0  # at least what the service asked for (Retry-After)
             try:
                 return self._attempt(request(), consume, abort)
             except HttpStatusError as e:
                 if e.status_code not in RETRY_STATUS or attempt >= self.retry_total:
                     raise
+                wait = _seconds(e.retry_after)
             except Stale as e:
                 if e.reused:
                     continue
@@ -261,7 +270,7 @@ class HttpClient:
             except (OSError, ProtocolError):
                 if attempt >= self.retry_total:
                     raise
-            delay = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
+            delay = max(wait, self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0))
             attempt += 1
             log.debug("retrying GET %s in %.2f s", what, delay)
             if abort is not None:
@@ -285,7 +294,11 @@ class HttpClient:
                 raise
             if r.status >= 300:
                 keep = drain_error(r) and r.keep_alive
-                raise HttpStatusError(r.status, r.fields.get("x-ms-error-code"))
+                raise HttpStatusError(
+                    r.status,
+                    r.fields.get("x-ms-error-code"),
+                    retry_after=r.fields.get("retry-after"),
+                )
             result = consume(r)
             keep = r.keep_alive
             return result
@@ -302,6 +315,14 @@ class HttpClient:
                 self._release(conn)
             else:
                 close_quiet(conn)
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After in seconds (0 when absent or not a number; at most a minute)."""
+    try:
+        return max(0.0, min(60.0, float(retry_after))) if retry_after else 0.0
+    except ValueError:
+        return 0.0
 
 
 # --- heads and bodies ----------------------------------------------------------------------------
