@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 4.0
 SLACK = 4.0  # generous: a 2-core machine shared by several test runs
-NEEDS_9 = pytest.mark.xfail(reason="needs the #9 read path", strict=False)
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def test_reads_through_transient_faults_are_byte_exact(patient_mnt, proxy, seede
     assert rule.hits > 0
 
 
-@pytest.mark.parametrize("where", ["before-headers", pytest.param("mid-body", marks=NEEDS_9)])
+@pytest.mark.parametrize("where", ["before-headers", "mid-body"])
 def test_stalled_read_is_eio_within_the_read_timeout_then_serves(mnt, proxy, seeded, where):
     if where == "before-headers":
         proxy.add("stall", method="GET", path=r"l0\.bin", seconds=120)

@@ -183,10 +183,12 @@ def test_wrong_key_and_missing_container_are_one_line(azurite, container, seeded
     bad.credentials.account_key = "QUJD" * 22  # a well-formed key of the wrong account
     gone = blob_config(azurite.account_url, "no-such-container", "gone")
     cli = Cli(write_registry(tmp_path / "reg.yaml", bad, gone), tmp_path)
-    for spec, words in (("badkey:d", "access denied"), ("gone:d", "does not exist")):
+    # A refused credential is a runtime failure (1); a container that does not exist is a
+    # path that does not exist (2), as for every command (README, "Exit status").
+    for spec, words, code in (("badkey:d", "access denied", 1), ("gone:d", "does not exist", 2)):
         for command in ("download", "stage"):
             r, secs = cli.run(command, spec, str(tmp_path / command), *FLAGS)
-            assert r.returncode == 1
+            assert r.returncode == code, r.stderr
             assert secs < BOUND
             lines = r.stderr.strip().splitlines()
             assert len(lines) == 1 and words in lines[0], r.stderr
