@@ -11,7 +11,8 @@ import trio
 import trio.testing
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Abort, Aborted, TrioBackend
+from amlfs.backends.base import Abort, Aborted
+from amlfs.backends.bridge import TrioBackend
 from amlfs.registry import BLOB, Credentials, DatastoreConfig
 
 from .azurite import ACCOUNT, KEY
@@ -137,7 +138,7 @@ def _sdk_backend(kind: str, url: str):
     from azure.storage.fileshare import ShareClient
 
     from amlfs.backends.adls import AdlsBackend
-    from amlfs.backends.azure import BoundedRetry
+    from amlfs.backends.azclient import BoundedRetry
     from amlfs.backends.fileshare import FileShareBackend
 
     cred = AzureNamedKeyCredential(ACCOUNT, KEY)

@@ -25,8 +25,8 @@ from amlfs.backends.base import (
     NotFound,
     ObjectInfo,
     Transient,
-    TrioBackend,
 )
+from amlfs.backends.bridge import TrioBackend
 from amlfs.fs.blockcache import Extent
 from amlfs.fs.datapath import DataPath, DataPathConfig
 from amlfs.fs.stats import Stats

@@ -19,7 +19,8 @@ import trio
 import trio.testing
 from pyfuse3 import FUSEError
 
-from amlfs.backends.base import BackendError, ObjectInfo, TrioBackend
+from amlfs.backends.base import BackendError, ObjectInfo
+from amlfs.backends.bridge import TrioBackend
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
 from amlfs.fs.datapath import DataPath, DataPathConfig

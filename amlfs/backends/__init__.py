@@ -18,8 +18,8 @@ from .base import (
     NotFound,
     ObjectInfo,
     Transient,
-    TrioBackend,
 )
+from .bridge import TrioBackend
 
 __all__ = [
     "Abort",

@@ -26,21 +26,23 @@ from azure.storage.filedatalake import FileSystemClient
 from ..credentials import ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
+from .azclient import (
+    client_options,
+    pooled_transport,
+    resolve,
+    retry_policy,
+    sdk_abort,
+)
 from .azure import (
     PAGE_SIZE,
     AzureBackend,
     ExactReader,
     Failure,
     Kind,
-    client_options,
     file_path,
     is_folder,
-    pooled_transport,
     quoted_etag,
     removed_on_failure,
-    resolve,
-    retry_policy,
-    sdk_abort,
     temp_name,
     timestamp,
 )

@@ -26,20 +26,22 @@ from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings
 from ..credentials import ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
+from .azclient import (
+    BoundedRetry,
+    MiB,
+    client_options,
+    pooled_transport,
+    resolve,
+)
 from .azure import (
     PAGE_SIZE,
     AzureBackend,
-    BoundedRetry,
     Failure,
     Kind,
-    MiB,
-    client_options,
     file_path,
     is_folder,
-    pooled_transport,
     quoted_etag,
     read_exact,
-    resolve,
     timestamp,
     unresolved_message,
 )

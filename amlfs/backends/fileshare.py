@@ -24,19 +24,21 @@ from azure.storage.fileshare import ShareClient, ShareServiceClient
 from ..credentials import TOKEN, ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
+from .azclient import (
+    client_options,
+    pooled_transport,
+    resolve,
+    retry_policy,
+    sdk_abort,
+)
 from .azure import (
     PAGE_SIZE,
     AzureBackend,
     ExactReader,
-    client_options,
     error_code,
     file_path,
-    pooled_transport,
     quoted_etag,
     removed_on_failure,
-    resolve,
-    retry_policy,
-    sdk_abort,
     temp_name,
     timestamp,
 )

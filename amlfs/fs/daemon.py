@@ -24,10 +24,10 @@ from ..backends.base import (
     BackendError,
     NotFound,
     ObjectInfo,
-    TrioBackend,
     normpath,
     retry,
 )
+from ..backends.bridge import TrioBackend
 from ..errors import AmlfsError, UsageError
 from ..registry import DatastoreConfig
 from .config import MountConfig

@@ -34,8 +34,8 @@ from ..backends.base import (
     BackendError,
     IsADirectory,
     ObjectInfo,
-    TrioBackend,
 )
+from ..backends.bridge import TrioBackend
 from .blockcache import BlockCache, Buffer, Extent
 from .budget import MemoryBudget
 from .fetcher import DEMAND, FILES, PREFETCH, Fetch, Fetcher

@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import trio
 
-from ..backends.base import Abort, BackendError, Changed, Transient, TrioBackend
+from ..backends.base import Abort, BackendError, Changed, Transient
+from ..backends.bridge import TrioBackend
 from .blockcache import BlockCache, Extent
 from .budget import MemoryBudget
 from .stats import Stats

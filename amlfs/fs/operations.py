@@ -36,10 +36,10 @@ from ..backends.base import (
     NotFound,
     ObjectInfo,
     Transient,
-    TrioBackend,
     is_safe_name,
     join,
 )
+from ..backends.bridge import TrioBackend
 from . import attrs
 from .budget import MemoryBudget
 from .fetcher import BACKOFF_BASE, BACKOFF_MAX
