@@ -10,7 +10,6 @@ of one response always belong to the ETag it carries, so a reader never sees a m
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from azure.core.exceptions import (
@@ -29,7 +28,6 @@ from .azclient import (
     pooled_transport,
     resolve,
     retry_policy,
-    sdk_abort,
 )
 from .azure import (
     PAGE_SIZE,
@@ -43,7 +41,6 @@ from .azure import (
     timestamp,
 )
 from .base import (
-    Abort,
     BackendError,
     Changed,
     IsADirectory,
@@ -186,30 +183,6 @@ class FileShareBackend(AzureBackend):
                     )
                 )
         return out, next_token
-
-    def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
-        return self._read(normpath(path), offset, length, etag, {})
-
-    def read_range_into(
-        self,
-        path: str,
-        offset: int,
-        buf: memoryview,
-        etag: str | None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-        abort: Abort | None = None,
-    ) -> int:
-        """Through the SDK, which reads a block whole: `progress` is called once, at the end;
-        `abort` is honoured as far as the SDK allows (see azure.sdk_abort: checked before each
-        request, the body read cut short, a stall before the headers runs to the timeout)."""
-        rel = normpath(path)
-        with sdk_abort(abort, rel) as hooks:
-            data = self._read(rel, offset, len(buf), etag, hooks)
-        buf[: len(data)] = data
-        if progress is not None:
-            progress(len(data))
-        return len(data)
 
     def _read(
         self, rel: str, offset: int, length: int, etag: str | None, hooks: dict[str, Any]
