@@ -60,6 +60,12 @@ async def read_all(listings: Listings, path: str) -> list[str]:
     return names
 
 
+async def drained(listings: Listings) -> None:
+    """Until every background listing queued so far has fetched what it will (no polling)."""
+    for path in listings.pending:
+        await listings.wait_for(path)
+
+
 def dirs(n: int) -> list[ObjectInfo]:
     return [ObjectInfo(path=f"d{i}", is_dir=True) for i in range(n)]
 
@@ -75,8 +81,7 @@ def test_background_listings_are_bounded_in_directories_concurrency_and_pages():
             files = [ObjectInfo(path="plain", is_dir=False)]
             assert listings.prefetch(files + dirs(6))
             assert listings.pending == {"d0", "d1", "d2"}  # the queue's bound
-            while listings.pending:
-                await trio.sleep(0.001)
+            await drained(listings)
             # One page ahead each, no more, and nothing below them (one level only).
             assert sorted(store.calls) == [(f"d{i}", None) for i in range(3)]
             assert table.listing("d0") is None  # incomplete: not cached for lookups
@@ -138,8 +143,7 @@ def test_a_failed_background_listing_is_listed_again_by_its_reader_who_sees_the_
             await nursery.start(listings.run)
             store.fail = {"d0"}
             listings.prefetch(dirs(1))
-            while listings.pending:
-                await trio.sleep(0.001)
+            await drained(listings)
             try:
                 await read_all(listings, "d0")
             except BackendError as e:
@@ -168,8 +172,7 @@ def test_entries_are_charged_to_the_budget_and_background_pages_need_room():
             # The budget is nearly full: a background page (up to 5000 entries) does not fit.
             budget.take("cache", budget.capacity - budget.total - 1000 * ENTRY_BYTES)
             listings.prefetch(dirs(1))
-            while listings.pending:
-                await trio.sleep(0.001)
+            await drained(listings)
             assert ("d0", None) not in store.calls
             assert stats.counters["listing_prefetch_refused"] == 1
             # What a reader waits for is listed anyway; dropping the listing gives it back.

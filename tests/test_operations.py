@@ -579,8 +579,8 @@ def test_a_completed_listing_lists_its_subdirectories_in_the_background(tmp_path
         await ops.releasedir(fh)
         # Queued as the listing completed; they run while the reader is elsewhere.
         assert ops.listings.pending == {f"tree/d{d:02d}" for d in range(6)}
-        while ops.listings.pending:
-            await trio.sleep(0.001)
+        for path in ops.listings.pending:
+            await ops.listings.wait_for(path)
         assert ops.stats.counters["listing_prefetches"] == 6
         lists = ops.stats.counters["backend.list"]
         # One level only: the background listings did not list their own subdirectories.
@@ -598,8 +598,8 @@ def test_a_completed_listing_lists_its_subdirectories_in_the_background(tmp_path
             assert sizes[b"f2"] == 2
             f2 = await ops.lookup(attr.st_ino, b"f2")
             assert (await ops.getattr(f2.st_ino)).st_size == 2
-        while ops.listings.pending:
-            await trio.sleep(0.001)
+        for path in ops.listings.pending:
+            await ops.listings.wait_for(path)
         assert ops.stats.counters["backend.list"] == lists + 6  # inner/: one level ahead again
         assert ops.stats.counters.get("backend.stat", 0) == stats
 
@@ -662,8 +662,8 @@ def test_background_listing_failures_are_quiet_and_the_reader_lists_itself(tmp_p
         tree = await lookup(ops, "tree")
         fh = await ops.opendir(tree.st_ino)
         await kernel.readdir(ops, fh)
-        while ops.listings.pending:
-            await trio.sleep(0.001)
+        for path in ops.listings.pending:
+            await ops.listings.wait_for(path)
         d1 = await ops.lookup(tree.st_ino, b"d01")
         fh = await ops.opendir(d1.st_ino)
         kernel.entries.clear()
