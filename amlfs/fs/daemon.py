@@ -41,6 +41,8 @@ FSTYPE = "fuse.amlfs"
 SUBTYPE = "amlfs"
 #: After SIGTERM, requests still waiting on the storage get this long before they are cancelled.
 SHUTDOWN_GRACE = 5.0
+#: a storage socket silent for 1/SOCKET_SHARE of --read-timeout is given up (and retried)
+SOCKET_SHARE = 2
 BDI_DIR = "/sys/class/bdi"
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
@@ -181,8 +183,12 @@ def _run(
     from ..backends import open_backend
     from .datapath import DataPath
 
-    # One retry layer: the daemon's, inside each request's bound; none in the backend.
-    backend = open_backend(ds, retry_total=0, read_timeout=config.read_timeout)
+    # One retry layer: the daemon's, inside each request's bound; none in the backend. A socket
+    # that stays silent for half the bound is given up, so that one dead pooled connection
+    # leaves time for a retry on a fresh one within the same request.
+    backend = open_backend(
+        ds, retry_total=0, read_timeout=max(1.0, config.read_timeout / SOCKET_SHARE)
+    )
     try:
         root = check_source(backend, ds, path)
         tb = TrioBackend(backend, max_threads=config.max_threads)
