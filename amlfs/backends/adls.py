@@ -37,6 +37,7 @@ from .azure import (
     ExactReader,
     Failure,
     Kind,
+    SdkReads,
     file_path,
     is_folder,
     quoted_etag,
@@ -58,7 +59,7 @@ from .base import (
 log = logging.getLogger(__name__)
 
 
-class AdlsBackend(AzureBackend):
+class AdlsBackend(SdkReads, AzureBackend):
     """One ADLS Gen2 filesystem. Thread-safe (the SDK clients are; little state here)."""
 
     service = "ADLS"

@@ -434,41 +434,6 @@ class AzureBackend(Backend):
         except Exception as e:
             raise self._map_error(e, path) from None
 
-    # --- reads through the SDK (File share, ADLS; Blob has its lean client) ------------------
-
-    def _read(
-        self, rel: str, offset: int, length: int, etag: str | None, hooks: dict[str, Any]
-    ) -> bytes:
-        """`length` bytes of `rel` at `offset` (If-Match `etag`), one SDK download; `hooks`: the
-        keyword arguments of `sdk_abort` for the SDK call."""
-        raise NotImplementedError
-
-    def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
-        return self._read(normpath(path), offset, length, etag, {})
-
-    def read_range_into(
-        self,
-        path: str,
-        offset: int,
-        buf: memoryview,
-        etag: str | None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-        abort: Abort | None = None,
-    ) -> int:
-        """Through the SDK, which reads a block whole: `progress` is called once, at the end;
-        `abort` is honoured as far as the SDK allows (see azclient.sdk_abort: checked before each
-        request, the body read cut short, a stall before the headers runs to the timeout). After
-        a cut body the Blob SDK under ADLS pauses 1 s before its own retry, which the abort then
-        stops."""
-        rel = normpath(path)
-        with sdk_abort(abort, rel) as hooks:
-            data = self._read(rel, offset, len(buf), etag, hooks)
-        buf[: len(data)] = data
-        if progress is not None:
-            progress(len(data))
-        return len(data)
-
     # --- logging -----------------------------------------------------------------------------
 
     def _log_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
@@ -511,3 +476,41 @@ class AzureBackend(Backend):
     def __repr__(self) -> str:
         source = self.rc.source if self.rc else "none"
         return f"{type(self).__name__}({self.description}, credential: {source})"
+
+
+class SdkReads:
+    """Ranged reads through the SDK, for the backends whose reads have no lean client yet (File
+    share, ADLS): each implements `_read`, one SDK download of a range."""
+
+    def _read(
+        self, rel: str, offset: int, length: int, etag: str | None, hooks: dict[str, Any]
+    ) -> bytes:
+        """`length` bytes of `rel` at `offset` (If-Match `etag`), one SDK download; `hooks`: the
+        keyword arguments of `sdk_abort` for the SDK call."""
+        raise NotImplementedError
+
+    def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        return self._read(normpath(path), offset, length, etag, {})
+
+    def read_range_into(
+        self,
+        path: str,
+        offset: int,
+        buf: memoryview,
+        etag: str | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
+    ) -> int:
+        """Through the SDK, which reads a block whole: `progress` is called once, at the end;
+        `abort` is honoured as far as the SDK allows (see azclient.sdk_abort: checked before each
+        request, the body read cut short, a stall before the headers runs to the timeout). After
+        a cut body the Blob SDK under ADLS pauses 1 s before its own retry, which the abort then
+        stops."""
+        rel = normpath(path)
+        with sdk_abort(abort, rel) as hooks:
+            data = self._read(rel, offset, len(buf), etag, hooks)
+        buf[: len(data)] = data
+        if progress is not None:
+            progress(len(data))
+        return len(data)

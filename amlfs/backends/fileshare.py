@@ -33,6 +33,7 @@ from .azure import (
     PAGE_SIZE,
     AzureBackend,
     ExactReader,
+    SdkReads,
     error_code,
     file_path,
     quoted_etag,
@@ -64,7 +65,7 @@ def _is_type_mismatch(e: BaseException) -> bool:
     return isinstance(e, HttpResponseError) and error_code(e) == "ResourceTypeMismatch"
 
 
-class FileShareBackend(AzureBackend):
+class FileShareBackend(SdkReads, AzureBackend):
     """One Azure File share. Thread-safe: the SDK clients are, and the state here is immutable
     apart from the set of names already logged as unsafe."""
 
