@@ -26,10 +26,8 @@ from ..credentials import ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
 from .azclient import (
-    client_options,
-    pooled_transport,
+    pooled_client_options,
     resolve,
-    retry_policy,
 )
 from .azure import (
     PAGE_SIZE,
@@ -96,19 +94,16 @@ class AdlsBackend(SdkReads, AzureBackend):
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
             )
         rc, url = resolve(ds, "dfs")
-        transport, session = pooled_transport(
-            connection_timeout=connection_timeout, read_timeout=read_timeout or 60.0
+        kwargs, session = pooled_client_options(
+            ds,
+            block_size,
+            retry_total=retry_total,
+            retry_backoff=retry_backoff,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
         )
         fs = FileSystemClient(
-            url,
-            ds.filesystem,
-            credential=sdk_credential(rc, ds.account_name),
-            **client_options(
-                block_size,
-                retry_policy(retry_total, retry_backoff),
-                api_version=ds.api_version,
-                transport=transport,
-            ),
+            url, ds.filesystem, credential=sdk_credential(rc, ds.account_name), **kwargs
         )
         return cls(fs, url=url, credential=rc, block_size=block_size, session=session)
 

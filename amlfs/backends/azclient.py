@@ -114,6 +114,29 @@ def pooled_transport(
     return transport, session
 
 
+def pooled_client_options(
+    ds: DatastoreConfig,
+    block_size: int,
+    *,
+    retry_total: int | None,
+    retry_backoff: float,
+    connection_timeout: float,
+    read_timeout: float | None,
+) -> tuple[dict[str, Any], requests.Session]:
+    """The client keywords of a File share or ADLS backend (`client_options` over our own pooled
+    transport), and the session to close with it."""
+    transport, session = pooled_transport(
+        connection_timeout=connection_timeout, read_timeout=read_timeout or 60.0
+    )
+    kwargs = client_options(
+        block_size,
+        retry_policy(retry_total, retry_backoff),
+        api_version=ds.api_version,
+        transport=transport,
+    )
+    return kwargs, session
+
+
 # --- cancelling an SDK download --------------------------------------------------------------------
 
 

@@ -24,10 +24,8 @@ from ..credentials import TOKEN, ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
 from .azclient import (
-    client_options,
-    pooled_transport,
+    pooled_client_options,
     resolve,
-    retry_policy,
 )
 from .azure import (
     PAGE_SIZE,
@@ -101,14 +99,13 @@ class FileShareBackend(SdkReads, AzureBackend):
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
             )
         rc, url = resolve(ds, "file")
-        transport, session = pooled_transport(
-            connection_timeout=connection_timeout, read_timeout=read_timeout or 60.0
-        )
-        kwargs = client_options(
+        kwargs, session = pooled_client_options(
+            ds,
             block_size,
-            retry_policy(retry_total, retry_backoff),
-            api_version=ds.api_version,
-            transport=transport,
+            retry_total=retry_total,
+            retry_backoff=retry_backoff,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
         )
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
