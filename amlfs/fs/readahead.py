@@ -172,12 +172,6 @@ class ReadAhead:
         avg = -(-avg // RANDOM_ALIGN) * RANDOM_ALIGN
         return max(RANDOM_MIN, min(RANDOM_MAX, avg))
 
-    def pos_behind(self) -> int:
-        """Bytes before this offset are behind the stream, beyond any reordering it tolerates."""
-        if self.pos is None:
-            return 0
-        return max(0, self.pos - max(REORDER_SLACK, 2 * self.max_request))
-
     def outstanding(self) -> int:
         """Bytes requested ahead of the reader."""
         return 0 if self.pos is None else max(0, self.requested - self.pos)
