@@ -166,10 +166,11 @@ def start_background(
     log_file: str | None,
     timeout: float = 30.0,
     stdin: bytes = b"",
+    env: dict[str, str] | None = None,
 ) -> int:
     """Run `argv` (a foreground mount command) as a detached daemon, `stdin` on its standard
-    input (then closed); return its pid once the mount is live. `argv` gets `--status-fd N`
-    appended after its first `mount` word."""
+    input (then closed), `env` its environment (None: ours); return its pid once the mount is
+    live. `argv` gets `--status-fd N` appended after its first `mount` word."""
     read_fd, write_fd = os.pipe()
     try:
         i = argv.index("mount") + 1
@@ -187,6 +188,7 @@ def start_background(
                 start_new_session=True,
                 pass_fds=(write_fd,),
                 cwd="/",
+                env=env,
             )
         assert proc.stdin is not None
         try:

@@ -1,0 +1,482 @@
+"""The CSI node plugin, csi-sanity style: `amlfs csi` runs as a real subprocess, the tests talk
+gRPC to it over its unix socket, and every publish is a real FUSE mount of an Azurite container.
+Teardown unmounts whatever is left under the test's directory."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from amlfs.csi import csi_pb2 as pb
+from amlfs.csi import csi_pb2_grpc as pb_grpc
+from amlfs.fs import control
+
+from .azurite import ACCOUNT, KEY
+
+FUSE_OK = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.azurite,
+    pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and fusermount3"),
+]
+
+MODE = pb.VolumeCapability.AccessMode
+READER = MODE.MULTI_NODE_READER_ONLY
+BAD_KEY = "QmFkS2V5Tm90UmVhbGx5QUtleUF0QWxsSnVzdFRlc3RpbmdUaGlzQ2FzZQ=="
+
+
+class Plugin:
+    """One `amlfs csi` process at a time on a fixed socket and state directory."""
+
+    def __init__(self, tmp: Path, registry: Path | None = None):
+        self.tmp = tmp
+        self.socket = tmp / "csi" / "csi.sock"
+        self.state = tmp / "state"
+        self.registry = registry
+        self.proc: subprocess.Popen | None = None
+        self.channel: grpc.Channel | None = None
+        self.log = tmp / "plugin.log"
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "amlfs"]
+        if self.registry:
+            argv += ["--registry", str(self.registry)]
+        argv += ["csi", "--endpoint", f"unix://{self.socket}", "--state-dir", str(self.state)]
+        argv += ["--node-id", "node-a", "--max-volumes", "7"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=self.tmp)
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self.identity = pb_grpc.IdentityStub(self.channel)
+        self.node = pb_grpc.NodeStub(self.channel)
+
+    def kill(self) -> None:
+        """SIGKILL: the plugin gets no chance to clean up."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.channel.close()
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def blob_files(azurite, container):
+    cc = azurite.service().get_container_client(container)
+    cc.upload_blob("data/a.txt", b"alpha\n")
+    cc.upload_blob("data/sub/b.bin", os.urandom(300_000))
+    cc.upload_blob("top.txt", b"top\n")
+    return container
+
+
+@pytest.fixture
+def node_registry(tmp_path, azurite, blob_files) -> Path:
+    reg = tmp_path / "node-registry.yaml"
+    reg.write_text(
+        yaml.safe_dump(
+            {
+                "default_datastore": "training",
+                "datastores": [
+                    {
+                        "name": "training",
+                        "type": "azure_blob",
+                        "account_name": ACCOUNT,
+                        "container_name": blob_files,
+                        "account_url": azurite.account_url,
+                        "credentials": {"account_key": KEY},
+                    }
+                ],
+            }
+        )
+    )
+    reg.chmod(0o600)
+    return reg
+
+
+@pytest.fixture
+def plugin(tmp_path, node_registry):
+    p = Plugin(tmp_path, node_registry)
+    p.start()
+    yield p
+    p.stop()
+    for m in control.list_mounts():
+        if m.mountpoint.startswith(str(tmp_path)):
+            control.unmount(m.mountpoint, lazy=True)
+
+
+def capability(mode=READER, flags=(), block=False) -> pb.VolumeCapability:
+    if block:
+        return pb.VolumeCapability(
+            block=pb.VolumeCapability.BlockVolume(), access_mode=MODE(mode=mode)
+        )
+    return pb.VolumeCapability(
+        mount=pb.VolumeCapability.MountVolume(mount_flags=list(flags)),
+        access_mode=MODE(mode=mode),
+    )
+
+
+def inline_context(azurite, container, **extra) -> dict[str, str]:
+    return {
+        "type": "azure_blob",
+        "account_name": ACCOUNT,
+        "container_name": container,
+        "account_url": azurite.account_url,
+        "csi.storage.k8s.io/ephemeral": "true",
+        "csi.storage.k8s.io/pod.name": "trainer-0",
+        **extra,
+    }
+
+
+def publish(plugin, target, context, secrets=None, cap=None, volume_id="vol-1", readonly=True):
+    return plugin.node.NodePublishVolume(
+        pb.NodePublishVolumeRequest(
+            volume_id=volume_id,
+            target_path=str(target),
+            volume_capability=cap or capability(),
+            readonly=readonly,
+            secrets=secrets or {},
+            volume_context=context,
+        ),
+        timeout=90,
+    )
+
+
+def unpublish(plugin, target, volume_id="vol-1"):
+    return plugin.node.NodeUnpublishVolume(
+        pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)), timeout=60
+    )
+
+
+def expect_error(code: grpc.StatusCode, call, *args, **kwargs) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)
+    assert info.value.code() == code, info.value.details()
+    return info.value.details()
+
+
+def daemon_pid(target) -> int:
+    return control.read_facts(str(target))["pid"]
+
+
+def wait_gone(pid: int, bound: float) -> bool:
+    """True once `pid` has exited (gone, or a zombie its new parent has not reaped yet)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# --- identity and node info ------------------------------------------------------------------------
+
+
+def test_identity_and_capabilities(plugin):
+    info = plugin.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=10)
+    assert info.name == "amlfs.csi.azureml.io"
+    assert info.vendor_version
+    caps = plugin.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest(), timeout=10)
+    # a node-only plugin: no controller service
+    assert all(
+        c.service.type != pb.PluginCapability.Service.CONTROLLER_SERVICE for c in caps.capabilities
+    )
+    probe = plugin.identity.Probe(pb.ProbeRequest(), timeout=10)
+    assert probe.HasField("ready") and probe.ready.value is True
+    ncaps = plugin.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=10)
+    assert [c.rpc.type for c in ncaps.capabilities] == []  # no stage/unstage: one daemon each
+    ninfo = plugin.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=10)
+    assert ninfo.node_id == "node-a" and ninfo.max_volumes_per_node == 7
+
+
+def test_unimplemented_rpc_answers_unimplemented(plugin):
+    # NodeStageVolume is not advertised: a generic call must get UNIMPLEMENTED, as the CO expects.
+    call = plugin.channel.unary_unary(
+        "/csi.v1.Node/NodeStageVolume",
+        request_serializer=lambda m: b"",
+        response_deserializer=lambda b: b,
+    )
+    expect_error(grpc.StatusCode.UNIMPLEMENTED, call, None, timeout=10)
+
+
+# --- publish / unpublish ------------------------------------------------------------------------
+
+
+def test_inline_publish_reads_readonly_idempotent(plugin, azurite, blob_files, tmp_path):
+    target = tmp_path / "pods" / "uid1" / "volumes" / "vol"
+    target.parent.mkdir(parents=True)
+    ctx = inline_context(azurite, blob_files, path="data", cache_size="64M", block_size="1M")
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    assert os.path.ismount(target)
+    assert (target / "a.txt").read_bytes() == b"alpha\n"
+    assert len((target / "sub" / "b.bin").read_bytes()) == 300_000
+    assert sorted(os.listdir(target)) == ["a.txt", "sub"]
+    # read-only enforcement
+    with pytest.raises(OSError) as e:
+        (target / "new.txt").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    pid = daemon_pid(target)
+    assert control.read_facts(str(target))["cache_bytes"] == 64 << 20
+
+    # idempotent: the same publish again leaves the same daemon serving
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    assert daemon_pid(target) == pid
+
+    # the secret went to a 0600 file, never to a command line
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert KEY.encode() not in f.read()
+    reg = next((tmp_path / "state" / "volumes").glob("*/registry.yaml"))
+    assert reg.stat().st_mode & 0o777 == 0o600
+    assert KEY not in plugin.log_text()
+
+    # another volume on the same target: ALREADY_EXISTS
+    other = inline_context(azurite, blob_files, path="")
+    expect_error(
+        grpc.StatusCode.ALREADY_EXISTS,
+        publish,
+        plugin,
+        target,
+        other,
+        secrets={"account_key": KEY},
+        volume_id="vol-2",
+    )
+
+    unpublish(plugin, target)
+    assert not os.path.lexists(target)  # the plugin removes the target it created
+    assert not list((tmp_path / "state" / "volumes").iterdir())
+    unpublish(plugin, target)  # idempotent: nothing left to do is success
+
+
+def test_registry_datastore_and_not_found(plugin, tmp_path):
+    target = tmp_path / "t"
+    publish(plugin, target, {"datastore": "training", "immutable": "true"})
+    assert (target / "top.txt").read_bytes() == b"top\n"
+    assert control.read_facts(str(target))["immutable"] is True
+    unpublish(plugin, target)
+
+    msg = expect_error(
+        grpc.StatusCode.NOT_FOUND, publish, plugin, tmp_path / "t2", {"datastore": "nope"}
+    )
+    assert "nope" in msg
+    msg = expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        publish,
+        plugin,
+        tmp_path / "t3",
+        {"datastore": "training", "path": "no/such/dir"},
+    )
+    assert "no/such/dir" in msg
+
+
+def test_bad_requests_are_invalid_argument(plugin, azurite, blob_files, tmp_path):
+    ctx = inline_context(azurite, blob_files)
+    key = {"account_key": KEY}
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+
+    def pub(**kw):
+        req = dict(
+            volume_id="v",
+            target_path=str(tmp_path / "x"),
+            volume_capability=capability(),
+            secrets=key,
+            volume_context=ctx,
+        )
+        req.update(kw)
+        return plugin.node.NodePublishVolume(pb.NodePublishVolumeRequest(**req), timeout=30)
+
+    assert "volume_id" in expect_error(invalid, pub, volume_id="")
+    assert "target_path" in expect_error(invalid, pub, target_path="")
+    assert "target_path" in expect_error(invalid, pub, target_path="relative/dir")
+    assert "volume_capability" in expect_error(invalid, pub, volume_capability=None)
+    assert "block" in expect_error(invalid, pub, volume_capability=capability(block=True))
+    assert "access_mode" in expect_error(
+        invalid, pub, volume_capability=pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume())
+    )
+    # attributes
+    assert "'contianer_name'" in expect_error(
+        invalid, pub, volume_context={**ctx, "contianer_name": "x"}
+    )
+    assert "'type'" in expect_error(invalid, pub, volume_context={**ctx, "type": "s3"})
+    no_container = {k: v for k, v in ctx.items() if k != "container_name"}
+    assert "container_name" in expect_error(invalid, pub, volume_context=no_container)
+    assert "cache_size" in expect_error(invalid, pub, volume_context={**ctx, "cache_size": "lots"})
+    assert "mount option" in expect_error(
+        invalid, pub, volume_capability=capability(flags=["cache_size=1G,bogus"])
+    )
+    # rw: not available in this amlfs (MountConfig has no `rw`)
+    assert "rw mounts need amlfs with writable mount support" == expect_error(
+        invalid,
+        pub,
+        volume_context={**ctx, "rw": "true"},
+        volume_capability=capability(mode=MODE.SINGLE_NODE_WRITER),
+        readonly=False,
+    )
+    # unpublish
+    assert "volume_id" in expect_error(
+        invalid,
+        plugin.node.NodeUnpublishVolume,
+        pb.NodeUnpublishVolumeRequest(target_path=str(tmp_path / "x")),
+    )
+    assert "target_path" in expect_error(
+        invalid, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id="v")
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_and_wrong_secrets(plugin, azurite, blob_files, tmp_path):
+    ctx = inline_context(azurite, blob_files)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    msg = expect_error(invalid, publish, plugin, tmp_path / "a", ctx, secrets={})
+    assert "credential" in msg and "account_key" in msg
+    msg = expect_error(invalid, publish, plugin, tmp_path / "a", ctx, secrets={"acount_key": KEY})
+    assert "'acount_key'" in msg and KEY not in msg
+    msg = expect_error(
+        invalid,
+        publish,
+        plugin,
+        tmp_path / "a",
+        ctx,
+        secrets={"client_id": "app", "tenant_id": "t"},
+    )
+    assert "client_secret" in msg
+    # a key the storage refuses: PERMISSION_DENIED, and the key shows nowhere
+    msg = expect_error(
+        grpc.StatusCode.PERMISSION_DENIED,
+        publish,
+        plugin,
+        tmp_path / "a",
+        ctx,
+        secrets={"azurestorageaccountkey": BAD_KEY},
+    )
+    assert BAD_KEY not in msg and BAD_KEY not in plugin.log_text()
+    assert control.find_mount(str(tmp_path / "a")) is None
+    unpublish(plugin, tmp_path / "a")  # clears what the failed publish left
+    assert not (tmp_path / "a").exists()
+
+
+def test_bad_target_paths(plugin, azurite, blob_files, tmp_path):
+    ctx = inline_context(azurite, blob_files)
+    key = {"account_key": KEY}
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    expect_error(grpc.StatusCode.INVALID_ARGUMENT, publish, plugin, afile, ctx, secrets=key)
+    nonempty = tmp_path / "full"
+    nonempty.mkdir()
+    (nonempty / "f").write_text("x")
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION, publish, plugin, nonempty, ctx, secrets=key)
+    expect_error(
+        grpc.StatusCode.NOT_FOUND, publish, plugin, tmp_path / "no" / "parent", ctx, secrets=key
+    )
+    # unpublishing a target that was never published is success
+    unpublish(plugin, tmp_path / "never")
+
+
+# --- surviving the plugin, repairing the daemon ---------------------------------------------------
+
+
+def test_mount_survives_plugin_restart_and_is_adopted(plugin, azurite, blob_files, tmp_path):
+    target = tmp_path / "t"
+    ctx = inline_context(azurite, blob_files, path="data")
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    pid = daemon_pid(target)
+    plugin.kill()
+    # the daemon was never the plugin's child: it serves on
+    assert (target / "a.txt").read_bytes() == b"alpha\n"
+    assert daemon_pid(target) == pid
+
+    plugin.start()
+    assert "adopted 1 live mount" in plugin.log_text()
+    publish(plugin, target, ctx, secrets={"account_key": KEY})  # kubelet's republish
+    assert daemon_pid(target) == pid  # adopted, not remounted
+    unpublish(plugin, target)
+    assert not os.path.lexists(target)
+    assert wait_gone(pid, 10)  # the daemon exits with its mount
+
+
+def test_dead_daemon_is_repaired_on_republish(plugin, azurite, blob_files, tmp_path):
+    target = tmp_path / "t"
+    ctx = inline_context(azurite, blob_files, path="data")
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    pid = daemon_pid(target)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    with pytest.raises(OSError) as e:
+        os.listdir(target)
+    assert e.value.errno == errno.ENOTCONN
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    assert (target / "a.txt").read_bytes() == b"alpha\n"
+    assert daemon_pid(target) != pid
+    assert "dead; remounting" in plugin.log_text()
+    unpublish(plugin, target)
+
+
+def test_workload_identity_token_written_private_and_refreshed(
+    plugin, azurite, blob_files, tmp_path
+):
+    """The token reaches the daemon through a 0600 file that a republish rewrites. (The daemon's
+    exchange of it for an Azure AD token is azure-identity's WorkloadIdentityCredential; Azurite
+    takes no bearer tokens, so the volume here also has a key and the token is checked only for
+    its path to the daemon.)"""
+    from amlfs.csi.volume import TOKEN_AUDIENCE, build_spec
+
+    ctx = {
+        **inline_context(azurite, blob_files),
+        "client_id": "app-1",
+        "tenant_id": "tenant-1",
+        "csi.storage.k8s.io/serviceAccount.tokens": json.dumps(
+            {TOKEN_AUDIENCE: {"token": "jwt-one", "expirationTimestamp": "2030-01-01T00:00:00Z"}}
+        ),
+    }
+    spec = build_spec(
+        volume_id="v",
+        target_path=str(tmp_path / "t"),
+        volume_context=ctx,
+        secrets={},
+        mount_flags=[],
+        readonly_request=True,
+        access_mode_readonly=True,
+        registry_path=None,
+        rw_supported=False,
+    )
+    assert spec.identity is not None and spec.identity.token == "jwt-one"
+    assert "jwt-one" not in repr(spec)
+    # missing pieces name the field
+    msg = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        publish,
+        plugin,
+        tmp_path / "t",
+        {k: v for k, v in ctx.items() if k != "tenant_id"},
+    )
+    assert "'tenant_id'" in msg
+    bad = {**ctx, "csi.storage.k8s.io/serviceAccount.tokens": json.dumps({"other": {"token": "x"}})}
+    assert TOKEN_AUDIENCE in expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, publish, plugin, tmp_path / "t", bad
+    )
