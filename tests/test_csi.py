@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,20 +55,39 @@ class Plugin:
         if self.registry:
             argv += ["--registry", str(self.registry)]
         argv += ["csi", "--endpoint", f"unix://{self.socket}", "--state-dir", str(self.state)]
-        argv += ["--node-id", "node-a", "--max-volumes", "7"]
+        argv += ["--node-id", "node-a", "--max-volumes", "7", "--cache-budget", "2G"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=self.tmp)
+        self.wait_serving(previous=None)
+
+    def server_pids(self) -> list[int]:
+        return [int(p) for p in re.findall(r"serving CSI .* \(pid (\d+)\)", self.log_text())]
+
+    def wait_serving(self, previous: int | None, bound: float = 60) -> int:
+        """Wait (bounded) until a server other than `previous` has logged that it serves."""
+        deadline = time.monotonic() + bound
+        while not (pids := self.server_pids()) or pids[-1] == previous:
+            assert self.proc.poll() is None, self.log_text()
+            assert time.monotonic() < deadline, self.log_text()
+            time.sleep(0.05)
+        if self.channel is not None:
+            self.channel.close()
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.identity = pb_grpc.IdentityStub(self.channel)
         self.node = pb_grpc.NodeStub(self.channel)
+        return pids[-1]
 
     def kill(self) -> None:
-        """SIGKILL: the plugin gets no chance to clean up."""
+        """SIGKILL the supervisor: the plugin gets no chance to clean up; its server dies with
+        it (parent-death signal)."""
         assert self.proc is not None
+        server = self.server_pids()[-1]
         self.proc.kill()
         self.proc.wait(timeout=10)
+        assert wait_gone(server, 30)
         self.channel.close()
+        self.channel = None
 
     def stop(self) -> None:
         if self.channel is not None:
@@ -420,6 +440,41 @@ def test_mount_survives_plugin_restart_and_is_adopted(plugin, azurite, blob_file
     assert wait_gone(pid, 10)  # the daemon exits with its mount
 
 
+def test_crashed_server_is_restarted_and_adopts(plugin, azurite, blob_files, tmp_path):
+    target = tmp_path / "t"
+    ctx = inline_context(azurite, blob_files, path="data")
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    pid = daemon_pid(target)
+    server = plugin.server_pids()[-1]
+    os.kill(server, signal.SIGKILL)  # the gRPC server crashes; its supervisor lives
+    plugin.wait_serving(previous=server)
+    assert plugin.log_text().count("adopted 1 live mount") == 1
+    assert (target / "a.txt").read_bytes() == b"alpha\n"
+    publish(plugin, target, ctx, secrets={"account_key": KEY})
+    assert daemon_pid(target) == pid
+    unpublish(plugin, target)
+    assert wait_gone(pid, 10)
+
+
+def test_cache_budget(plugin, azurite, blob_files, tmp_path):
+    ctx = inline_context(azurite, blob_files, cache_size="1536M")
+    key = {"account_key": KEY}
+    publish(plugin, tmp_path / "a", ctx, secrets=key, volume_id="a")
+    msg = expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        publish,
+        plugin,
+        tmp_path / "b",
+        ctx,
+        secrets=key,
+        volume_id="b",
+    )
+    assert "hold 1536MiB of its 2GiB cache budget" in msg, msg
+    publish(plugin, tmp_path / "b", {**ctx, "cache_size": "512M"}, secrets=key, volume_id="b")
+    unpublish(plugin, tmp_path / "a", "a")
+    unpublish(plugin, tmp_path / "b", "b")
+
+
 def test_dead_daemon_is_repaired_on_republish(plugin, azurite, blob_files, tmp_path):
     target = tmp_path / "t"
     ctx = inline_context(azurite, blob_files, path="data")
@@ -429,7 +484,8 @@ def test_dead_daemon_is_repaired_on_republish(plugin, azurite, blob_files, tmp_p
     assert wait_gone(pid, 10)
     with pytest.raises(OSError) as e:
         os.listdir(target)
-    assert e.value.errno == errno.ENOTCONN
+    # the kernel's answers for a FUSE mount whose daemon is gone
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     publish(plugin, target, ctx, secrets={"account_key": KEY})
     assert (target / "a.txt").read_bytes() == b"alpha\n"
     assert daemon_pid(target) != pid

@@ -35,6 +35,7 @@ from .volume import (
     INVALID_ARGUMENT,
     NOT_FOUND,
     PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED,
     UNAVAILABLE,
     VolumeError,
     VolumeSpec,
@@ -55,12 +56,14 @@ class Node:
         registry_path: str | None = None,
         start_timeout: float = 60.0,
         probe_timeout: float = 5.0,
+        cache_budget: int | None = None,
     ):
         self.state = StateDir(state_dir)
         self.node_id = node_id
         self.registry_path = registry_path
         self.start_timeout = start_timeout
         self.probe_timeout = probe_timeout
+        self.cache_budget = cache_budget  # all daemons' caches together; None: no limit
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -117,6 +120,7 @@ class Node:
                 )
                 self._unmount(target, lazy=True)
                 repaired = True
+            self._check_budget(spec, target)
             self._prepare_target(target)
             self._write_secrets(spec)
             self.state.save(self._record(spec, None))
@@ -133,7 +137,23 @@ class Node:
             datastore=spec.datastore.name,  # type: ignore[attr-defined]
             path=spec.path,
             pid=pid,
+            cache_bytes=spec.config.cache_bytes,
         )
+
+    def _check_budget(self, spec: VolumeSpec, target: str) -> None:
+        """Refuse a mount whose cache does not fit in what the other mounts leave of the budget:
+        the daemons share the plugin container's memory limit, which would OOM-kill them."""
+        if self.cache_budget is None:
+            return
+        used = sum(r.cache_bytes for r in self.state.records() if r.target_path != target)
+        if used + spec.config.cache_bytes > self.cache_budget:
+            from ..units import human
+
+            raise VolumeError(
+                RESOURCE_EXHAUSTED,
+                f"cache_size {human(spec.config.cache_bytes)} does not fit: this node's mounts"
+                f" hold {human(used)} of its {human(self.cache_budget)} cache budget",
+            )
 
     def _write_secrets(self, spec: VolumeSpec) -> None:
         d = self.state.prepare(spec.target_path)

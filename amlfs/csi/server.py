@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 import grpc
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from ..errors import AmlfsError
+from ..errors import AmlfsError, UsageError
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc as pb_grpc
 from .node import Node
@@ -147,7 +147,7 @@ def parse_endpoint(endpoint: str) -> str:
     else:
         path = endpoint
     if not path.startswith("/"):
-        raise AmlfsError(f"--endpoint {endpoint!r} must be unix:///ABSOLUTE/PATH")
+        raise UsageError(f"--endpoint {endpoint!r} must be unix:///ABSOLUTE/PATH")
     return path
 
 
@@ -174,9 +174,10 @@ def serve(
     os.chmod(path, 0o660)
     counts = node.adopt()
     log.info(
-        "serving CSI %s on %s; adopted %d live mount(s), %d dead (repaired on republish)",
+        "serving CSI %s on %s (pid %d); adopted %d live mount(s), %d dead (repaired on republish)",
         name,
         path,
+        os.getpid(),
         counts["live"],
         counts["dead"],
     )

@@ -33,6 +33,7 @@ class Record:
     datastore: str  # the daemon's datastore name (its mount's source is NAME:PATH)
     path: str
     pid: int | None = None
+    cache_bytes: int = 0  # the daemon's memory budget, counted against the plugin's
 
 
 class StateDir:

@@ -26,6 +26,7 @@ ALREADY_EXISTS = "ALREADY_EXISTS"
 FAILED_PRECONDITION = "FAILED_PRECONDITION"
 INTERNAL = "INTERNAL"
 UNAVAILABLE = "UNAVAILABLE"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 #: kubelet's own volume_context keys (pod info, ephemeral flag, service-account tokens)
 K8S_PREFIX = "csi.storage.k8s.io/"
