@@ -3,8 +3,9 @@
 A datastore's registry entry may carry one credential form (account key, SAS token, service
 principal, connection string). Without one, the environment conventions apply in this order:
 AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_KEY (or _ACCESS_KEY,
-_ACCOUNT_KEY), AMLFS_ANONYMOUS=1 (a public container), then DefaultAzureCredential. The secret
-itself never reaches a log line, an error message or a repr: `source` says where it came from.
+_ACCOUNT_KEY), AMLFS_ANONYMOUS=1 (a public container), a workload identity
+(AZURE_FEDERATED_TOKEN_FILE with AZURE_CLIENT_ID and AZURE_TENANT_ID), then
+DefaultAzureCredential. The secret itself never reaches a log line, an error message or a repr: `source` says where it came from.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ENV_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
 ENV_KEYS = ("AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY")
 ENV_ANONYMOUS = "AMLFS_ANONYMOUS"
+#: what the AKS workload identity webhook (and amlfs csi) sets for a federated credential
+ENV_WORKLOAD_IDENTITY = ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
 
 # The Azure Storage emulator's well-known development account (public and documented).
 DEV_ACCOUNT = "devstoreaccount1"
@@ -105,7 +108,34 @@ def resolve_credential(
             return ResolvedCredential(ACCOUNT_KEY, env[var], var)
     if _truthy(env.get(ENV_ANONYMOUS)):
         return ResolvedCredential(ANONYMOUS, None, f"anonymous access ({ENV_ANONYMOUS})")
+    if all(env.get(v) for v in ENV_WORKLOAD_IDENTITY):
+        return ResolvedCredential(
+            TOKEN,
+            workload_identity_credential(env),
+            f"workload identity (client {env['AZURE_CLIENT_ID'][:8]}...,"
+            f" token file {env['AZURE_FEDERATED_TOKEN_FILE']})",
+        )
     return ResolvedCredential(TOKEN, LazyDefaultAzureCredential(), "DefaultAzureCredential")
+
+
+def workload_identity_credential(env: Mapping[str, str]) -> Any:
+    """A federated token file (a Kubernetes service-account token) exchanged for an Azure AD
+    token as a client assertion; the file is re-read as it is rotated. DefaultAzureCredential
+    would find the same variables, but could not be told to trust an authority named in
+    AZURE_AUTHORITY_HOST without asking login.microsoftonline.com first (see
+    _service_principal)."""
+    from azure.identity import WorkloadIdentityCredential
+
+    kwargs: dict[str, Any] = {}
+    if env.get("AZURE_AUTHORITY_HOST"):
+        kwargs["authority"] = env["AZURE_AUTHORITY_HOST"]
+        kwargs["disable_instance_discovery"] = True
+    return WorkloadIdentityCredential(
+        tenant_id=env["AZURE_TENANT_ID"],
+        client_id=env["AZURE_CLIENT_ID"],
+        token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
+        **kwargs,
+    )
 
 
 def _service_principal(

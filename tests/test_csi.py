@@ -19,8 +19,10 @@ import grpc
 import pytest
 import yaml
 
+from amlfs.backends import open_backend
 from amlfs.csi import csi_pb2 as pb
 from amlfs.csi import csi_pb2_grpc as pb_grpc
+from amlfs.csi import volume
 from amlfs.fs import control
 
 from .azurite import ACCOUNT, KEY
@@ -99,6 +101,11 @@ class Plugin:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+    def state_dir_of(self, target: Path) -> Path:
+        from amlfs.csi.state import StateDir
+
+        return StateDir(str(self.state)).dir_for(str(target))
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -493,46 +500,83 @@ def test_dead_daemon_is_repaired_on_republish(plugin, azurite, blob_files, tmp_p
     unpublish(plugin, target)
 
 
-def test_workload_identity_token_written_private_and_refreshed(
-    plugin, azurite, blob_files, tmp_path
-):
-    """The token reaches the daemon through a 0600 file that a republish rewrites. (The daemon's
-    exchange of it for an Azure AD token is azure-identity's WorkloadIdentityCredential; Azurite
-    takes no bearer tokens, so the volume here also has a key and the token is checked only for
-    its path to the daemon.)"""
-    from amlfs.csi.volume import TOKEN_AUDIENCE, build_spec
+def test_workload_identity(sp_env, tmp_path, monkeypatch):
+    """An inline ADLS volume authenticated by the pod's service-account token, exchanged for an
+    Azure AD token as a client assertion (by the daemon: the test AAD checks the assertion, the
+    HTTPS ADLS server the bearer token). The token reaches the daemon in a 0600 file that a
+    republish rewrites; a token AAD refuses is PERMISSION_DENIED."""
+    from tests.servers.fixtures import make_adls_config
 
-    ctx = {
-        **inline_context(azurite, blob_files),
-        "client_id": "app-1",
-        "tenant_id": "tenant-1",
-        "csi.storage.k8s.io/serviceAccount.tokens": json.dumps(
-            {TOKEN_AUDIENCE: {"token": "jwt-one", "expirationTimestamp": "2030-01-01T00:00:00Z"}}
-        ),
-    }
-    spec = build_spec(
-        volume_id="v",
-        target_path=str(tmp_path / "t"),
-        volume_context=ctx,
-        secrets={},
-        mount_flags=[],
-        readonly_request=True,
-        access_mode_readonly=True,
-        registry_path=None,
-        rw_supported=False,
-    )
-    assert spec.identity is not None and spec.identity.token == "jwt-one"
-    assert "jwt-one" not in repr(spec)
-    # missing pieces name the field
-    msg = expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        publish,
-        plugin,
-        tmp_path / "t",
-        {k: v for k, v in ctx.items() if k != "tenant_id"},
-    )
-    assert "'tenant_id'" in msg
-    bad = {**ctx, "csi.storage.k8s.io/serviceAccount.tokens": json.dumps({"other": {"token": "x"}})}
-    assert TOKEN_AUDIENCE in expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT, publish, plugin, tmp_path / "t", bad
-    )
+    server = sp_env.server
+    ds = make_adls_config(server)
+    ds_backend_key = open_backend(ds)
+    try:
+        ds_backend_key.write_bytes("x/hello.txt", b"hello from adls\n")
+    finally:
+        ds_backend_key.close()
+    client = "wi-client-0001"
+    server.aad.federated[client] = "sa-token-one"
+    plugin = Plugin(tmp_path)  # started here, after sp_env: it trusts the server's certificate
+    plugin.start()
+    try:
+
+        def context(token: str, **extra) -> dict[str, str]:
+            return {
+                "type": "azure_data_lake_gen2",
+                "account_name": ds.account_name,
+                "filesystem": ds.filesystem,
+                "account_url": ds.account_url,
+                "path": "x",
+                "client_id": client,
+                "tenant_id": server.aad.tenant_id,
+                "authority_host": server.base_url,
+                volume.TOKENS_KEY: json.dumps(
+                    {volume.TOKEN_AUDIENCE: {"token": token, "expirationTimestamp": "2030-01-01"}}
+                ),
+                **extra,
+            }
+
+        target = tmp_path / "t"
+        publish(plugin, target, context("sa-token-one"))
+        assert (target / "hello.txt").read_bytes() == b"hello from adls\n"
+        token_file = plugin.state_dir_of(target) / "token"
+        assert token_file.read_text() == "sa-token-one"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        pid = daemon_pid(target)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"sa-token-one" not in f.read()
+
+        # kubelet republishes with a fresh token: the same daemon, the file rewritten
+        server.aad.federated[client] = "sa-token-two"
+        publish(plugin, target, context("sa-token-two"))
+        assert daemon_pid(target) == pid
+        assert token_file.read_text() == "sa-token-two"
+
+        # a token AAD does not accept
+        msg = expect_error(
+            grpc.StatusCode.PERMISSION_DENIED,
+            publish,
+            plugin,
+            tmp_path / "u",
+            context("sa-token-stale"),
+            volume_id="vol-u",
+        )
+        assert "sa-token-stale" not in msg and "sa-token" not in plugin.log_text()
+        unpublish(plugin, tmp_path / "u", "vol-u")
+
+        # missing pieces name the field
+        no_tenant = {k: v for k, v in context("t").items() if k != "tenant_id"}
+        msg = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, publish, plugin, tmp_path / "v", no_tenant
+        )
+        assert "'tenant_id'" in msg
+        other = {**context("t"), volume.TOKENS_KEY: json.dumps({"other": {"token": "x"}})}
+        assert volume.TOKEN_AUDIENCE in expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, publish, plugin, tmp_path / "v", other
+        )
+        unpublish(plugin, target)
+    finally:
+        plugin.stop()
+        for m in control.list_mounts():
+            if m.mountpoint.startswith(str(tmp_path)):
+                control.unmount(m.mountpoint, lazy=True)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # What the daemons inherit from the plugin's environment: nothing that names a credential, so
 # that a volume authenticates only as its own request says.
 _ENV_DROP_PREFIXES = ("AZURE_", "AMLFS_")
+STORAGE_SCOPE = "https://storage.azure.com/.default"
 
 
 class Node:
@@ -166,8 +167,11 @@ class Node:
 
     def _check_source(self, spec: VolumeSpec) -> None:
         """Authenticate and look up the path here, so that the failure gets its CSI code (the
-        daemon would only say it in words). A workload identity is checked by the daemon."""
+        daemon would only say it in words). A workload identity's token is exchanged here once,
+        so that a refused token is PERMISSION_DENIED; its storage access is checked by the
+        daemon."""
         if spec.identity is not None:
+            self._check_identity(spec)
             return
         from ..backends import open_backend
         from ..fs.daemon import check_source
@@ -189,6 +193,25 @@ class Node:
             raise VolumeError(UNAVAILABLE, str(e)) from None
         finally:
             backend.close()
+
+    def _check_identity(self, spec: VolumeSpec) -> None:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        from ..credentials import workload_identity_credential
+
+        d = self.state.dir_for(spec.target_path)
+        credential = workload_identity_credential(self._daemon_env(spec, d))
+        try:
+            credential.get_token(STORAGE_SCOPE)
+        except ClientAuthenticationError as e:
+            first = (str(e).strip().splitlines() or ["refused"])[0]
+            raise VolumeError(
+                PERMISSION_DENIED, f"Azure AD refused the workload identity token: {first}"
+            ) from None
+        except ValueError as e:  # a malformed authority host, tenant...
+            raise VolumeError(INVALID_ARGUMENT, f"workload identity: {e}") from None
+        finally:
+            credential.close()
 
     def _daemon_env(self, spec: VolumeSpec, d: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP_PREFIXES)}

@@ -18,6 +18,7 @@ from .auth import TokenStore
 from .common import Request, Response
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def _json(status: int, obj: dict) -> Response:
@@ -28,10 +29,13 @@ def _json(status: int, obj: dict) -> Response:
 
 @dataclass
 class Directory:
-    """One tenant with registered applications (client id -> secret)."""
+    """One tenant with registered applications (client id -> secret), and applications that
+    trust a federated credential (client id -> the service-account token they accept as a
+    client assertion: workload identity)."""
 
     tenant_id: str
     clients: dict[str, str]
+    federated: dict[str, str] = field(default_factory=dict)
     tokens: TokenStore = field(default_factory=TokenStore)
     token_requests: int = 0
 
@@ -75,7 +79,18 @@ class Directory:
                     },
                 )
             client = form.get("client_id", "")
-            if client not in self.clients:
+            if form.get("client_assertion_type") == JWT_BEARER:
+                if client not in self.federated or self.federated[client] != form.get(
+                    "client_assertion"
+                ):
+                    return _json(
+                        401,
+                        {
+                            "error": "invalid_client",
+                            "error_description": "AADSTS700213: No matching federated identity record found for presented assertion.",
+                        },
+                    )
+            elif client not in self.clients:
                 return _json(
                     400,
                     {
@@ -83,7 +98,7 @@ class Directory:
                         "error_description": f"AADSTS700016: Application with identifier '{client}' was not found in the directory.",
                     },
                 )
-            if form.get("client_secret") != self.clients[client]:
+            elif form.get("client_secret") != self.clients[client]:
                 return _json(
                     401,
                     {
