@@ -223,6 +223,13 @@ def wait_gone(pid: int, bound: float) -> bool:
     return False
 
 
+def wait_for_log(plugin: Plugin, text: str, bound: float = 30) -> None:
+    deadline = time.monotonic() + bound
+    while text not in plugin.log_text():
+        assert time.monotonic() < deadline, plugin.log_text()
+        time.sleep(0.05)
+
+
 # --- identity and node info ------------------------------------------------------------------------
 
 
@@ -301,9 +308,12 @@ def test_inline_publish_reads_readonly_idempotent(plugin, azurite, blob_files, t
     unpublish(plugin, target)  # idempotent: nothing left to do is success
 
 
-def test_registry_datastore_and_not_found(plugin, tmp_path):
+def test_registry_datastore_preload_and_not_found(plugin, tmp_path):
     target = tmp_path / "t"
-    publish(plugin, target, {"datastore": "training", "immutable": "true"})
+    publish(plugin, target, {"datastore": "training", "immutable": "true", "preload": "true"})
+    # the walk: top.txt, data, data/a.txt, data/sub, data/sub/b.bin
+    wait_for_log(plugin, "volume vol-1: preloaded 5 entries")
+    assert "(done)" in plugin.log_text()
     assert (target / "top.txt").read_bytes() == b"top\n"
     assert control.read_facts(str(target))["immutable"] is True
     unpublish(plugin, target)

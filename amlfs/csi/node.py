@@ -27,6 +27,7 @@ from ..backends import BackendError, Forbidden, NotFound
 from ..errors import AmlfsError, UsageError
 from ..fs import control
 from ..registry import Registry
+from .preload import Preloader
 from .state import Record, StateDir, write_private
 from .volume import (
     ALREADY_EXISTS,
@@ -65,6 +66,7 @@ class Node:
         self.start_timeout = start_timeout
         self.probe_timeout = probe_timeout
         self.cache_budget = cache_budget  # all daemons' caches together; None: no limit
+        self.preloader = Preloader()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -128,6 +130,8 @@ class Node:
             self._check_source(spec)
             pid = self._start(spec)
             self.state.save(self._record(spec, pid))
+            if spec.preload:
+                self.preloader.start(spec.volume_id, target, spec.config.max_listing_entries)
             return "repaired" if repaired else "mounted"
 
     def _record(self, spec: VolumeSpec, pid: int | None) -> Record:
@@ -263,6 +267,7 @@ class Node:
             raise VolumeError(INVALID_ARGUMENT, "volume_id is required")
         target = _check_target_path(target_path)
         with self._lock(target):
+            self.preloader.stop(target)
             entry = control.find_mount(target)
             if entry is not None:
                 self._unmount(target, lazy=False)

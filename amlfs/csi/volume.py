@@ -52,7 +52,7 @@ _SIZE_OPTIONS = (
     "read_timeout",
     "read_ahead",
 )
-_BOOL_OPTIONS = ("immutable", "rw", "ro", "readonly")
+_BOOL_OPTIONS = ("immutable", "preload", "rw", "ro", "readonly")
 # Kernel/FUSE mount flags passed through as they are.
 _FUSE_FLAGS = frozenset(
     "nodev nosuid noexec noatime relatime nodiratime lazytime dev suid exec".split()
@@ -115,6 +115,7 @@ class VolumeSpec:
     readonly: bool
     identity: WorkloadIdentity | None
     fingerprint: str
+    preload: bool = False  # warm the caches by walking the tree once mounted (preload.py)
     notes: tuple[str, ...] = ()
 
 
@@ -229,6 +230,7 @@ def build_spec(
         readonly=not wants_rw,
         identity=identity,
         fingerprint=fingerprint,
+        preload="preload" in options and _truthy("preload", options["preload"]),
         notes=tuple(notes),
     )
 
