@@ -413,9 +413,11 @@ def test_missing_and_wrong_secrets(plugin, azurite, blob_files, tmp_path):
         secrets={"azurestorageaccountkey": BAD_KEY},
     )
     assert BAD_KEY not in msg and BAD_KEY not in plugin.log_text()
+    # a failed publish leaves nothing behind: no mount, no target, no credential file
     assert control.find_mount(str(tmp_path / "a")) is None
-    unpublish(plugin, tmp_path / "a")  # clears what the failed publish left
     assert not (tmp_path / "a").exists()
+    assert not list((tmp_path / "state" / "volumes").iterdir())
+    unpublish(plugin, tmp_path / "a")
 
 
 def test_bad_target_paths(plugin, azurite, blob_files, tmp_path):

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import threading
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,11 +125,20 @@ class Node:
                 self._unmount(target, lazy=True)
                 repaired = True
             self._check_budget(spec, target)
-            self._prepare_target(target)
-            self._write_secrets(spec)
-            self.state.save(self._record(spec, None))
-            self._check_source(spec)
-            pid = self._start(spec)
+            created = self._prepare_target(target)
+            try:
+                self._write_secrets(spec)
+                self.state.save(self._record(spec, None))
+                self._check_source(spec)
+                pid = self._start(spec)
+            except BaseException:
+                # Nothing is mounted: leave no credential, record or directory behind.
+                if control.find_mount(target) is None:
+                    self.state.remove(target)
+                    if created:
+                        with suppress(OSError):
+                            os.rmdir(target)
+                raise
             self.state.save(self._record(spec, pid))
             if spec.preload:
                 self.preloader.start(spec.volume_id, target, spec.config.max_listing_entries)
@@ -304,9 +314,11 @@ class Node:
         except AmlfsError as e:
             return "dead" if "dead" in str(e) else "unresponsive"
 
-    def _prepare_target(self, target: str) -> None:
+    def _prepare_target(self, target: str) -> bool:
+        """Make sure `target` is an empty directory; True if it was created here."""
         try:
             os.mkdir(target, 0o750)
+            return True
         except FileExistsError:
             if not os.path.isdir(target):
                 raise VolumeError(INVALID_ARGUMENT, f"target {target} is not a directory") from None
@@ -315,6 +327,7 @@ class Node:
                     raise VolumeError(
                         FAILED_PRECONDITION, f"target {target} is not empty"
                     ) from None
+            return False
         except FileNotFoundError:
             raise VolumeError(
                 NOT_FOUND, f"the parent directory of target {target} does not exist"
