@@ -420,6 +420,34 @@ def test_missing_and_wrong_secrets(plugin, azurite, blob_files, tmp_path):
     unpublish(plugin, tmp_path / "a")
 
 
+def test_sas_secret_and_connection_string(plugin, azurite, blob_files, tmp_path):
+    import datetime as dt
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(
+        ACCOUNT,
+        blob_files,
+        account_key=KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
+    ctx = inline_context(azurite, blob_files, path="data")
+    publish(plugin, tmp_path / "s", ctx, secrets={"azurestorageaccountsastoken": sas})
+    assert (tmp_path / "s" / "a.txt").read_bytes() == b"alpha\n"
+    sig = sas.split("sig=")[1].split("&")[0]
+    assert sig not in plugin.log_text()
+    unpublish(plugin, tmp_path / "s")
+    cs = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint={azurite.account_url};"
+    )
+    no_url = {k: v for k, v in ctx.items() if k != "account_url"}
+    publish(plugin, tmp_path / "c", no_url, secrets={"connection_string": cs}, volume_id="c")
+    assert sorted(os.listdir(tmp_path / "c")) == ["a.txt", "sub"]
+    unpublish(plugin, tmp_path / "c", "c")
+
+
 def test_bad_target_paths(plugin, azurite, blob_files, tmp_path):
     ctx = inline_context(azurite, blob_files)
     key = {"account_key": KEY}
