@@ -109,7 +109,7 @@ class Node:
                         f"target {target} already holds volume {rec.volume_id} published with"
                         " other attributes",
                     )
-                if rec is None and entry.source != f"{spec.datastore.name}:{spec.path}":  # type: ignore[attr-defined]
+                if rec is None and entry.source != f"{spec.datastore.name}:{spec.path}":
                     raise VolumeError(
                         ALREADY_EXISTS,
                         f"target {target} is already an amlfs mount of another volume",
@@ -149,7 +149,7 @@ class Node:
             volume_id=spec.volume_id,
             target_path=os.path.normpath(spec.target_path),
             fingerprint=spec.fingerprint,
-            datastore=spec.datastore.name,  # type: ignore[attr-defined]
+            datastore=spec.datastore.name,
             path=spec.path,
             pid=pid,
             cache_bytes=spec.config.cache_bytes,
@@ -174,7 +174,7 @@ class Node:
         d = self.state.prepare(spec.target_path)
         reg = Registry(
             d / "registry.yaml", {spec.datastore.name: spec.datastore}, spec.datastore.name
-        )  # type: ignore[attr-defined]
+        )
         reg.save()  # atomic, 0600
         if spec.identity is not None:
             write_private(d / "token", spec.identity.token.encode())
@@ -191,11 +191,11 @@ class Node:
         from ..fs.daemon import check_source
 
         try:
-            backend = open_backend(spec.datastore)  # type: ignore[arg-type]
+            backend = open_backend(spec.datastore)
         except UsageError as e:
             raise VolumeError(INVALID_ARGUMENT, str(e)) from None
         try:
-            check_source(backend, spec.datastore, spec.path)  # type: ignore[arg-type]
+            check_source(backend, spec.datastore, spec.path)
         except Forbidden as e:
             raise VolumeError(PERMISSION_DENIED, str(e)) from None
         except NotFound as e:
@@ -244,7 +244,7 @@ class Node:
         target = os.path.normpath(spec.target_path)
         argv = [sys.executable, "-m", "amlfs", "--registry", str(d / "registry.yaml")]
         argv += ["mount", "--foreground", "--config-stdin", "--"]
-        argv += [f"{spec.datastore.name}:{spec.path}", target]  # type: ignore[attr-defined]
+        argv += [f"{spec.datastore.name}:{spec.path}", target]
         setsid = shutil.which("setsid")
         if setsid:  # fork into a new session: the daemon is not our child
             argv = [setsid, "-f", *argv]

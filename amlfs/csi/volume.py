@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AmlfsError, RegistryError, UsageError
 from ..fs.config import MountConfig
-from ..registry import Registry, parse_datastore
+from ..registry import DatastoreConfig, Registry, datastore_to_dict, parse_datastore
 
 # gRPC status code names (grpc.StatusCode members); kept as strings so that this module does not
 # need grpc.
@@ -109,7 +109,7 @@ class VolumeSpec:
 
     volume_id: str
     target_path: str
-    datastore: object  # registry.DatastoreConfig
+    datastore: DatastoreConfig
     path: str
     config: MountConfig
     readonly: bool
@@ -235,8 +235,8 @@ def build_spec(
     )
 
 
-def _public_fields(ds: object) -> dict[str, object]:
-    out = {f.name: getattr(ds, f.name) for f in dataclasses.fields(ds)}  # type: ignore[arg-type]
+def _public_fields(ds: DatastoreConfig) -> dict[str, object]:
+    out = {f.name: getattr(ds, f.name) for f in dataclasses.fields(ds)}
     out.pop("credentials")
     out.pop("name")
     return out
@@ -275,7 +275,7 @@ def _datastore(
     secrets: dict[str, str],
     registry_path: str | None,
     workload_identity: bool,
-) -> object:
+) -> DatastoreConfig:
     """The datastore to mount, carrying the request's credentials (if any)."""
     account_from_secret = next((secrets[k] for k in _SECRET_ACCOUNT_KEYS if secrets.get(k)), None)
     if "datastore" in attrs:
@@ -289,7 +289,7 @@ def _datastore(
             if "unknown datastore" in str(e):
                 raise VolumeError(NOT_FOUND, str(e)) from None
             raise VolumeError(FAILED_PRECONDITION, f"the node's registry: {e}") from None
-        data = _to_dict(ds)
+        data = datastore_to_dict(ds)
         if creds:  # the request's secret replaces the registry's credential
             data["credentials"] = creds
         if account_from_secret:
@@ -321,13 +321,7 @@ def _datastore(
     return _parse(data)
 
 
-def _to_dict(ds: object) -> dict[str, object]:
-    from ..registry import datastore_to_dict
-
-    return datastore_to_dict(ds)  # type: ignore[arg-type]
-
-
-def _parse(data: dict[str, object]) -> object:
+def _parse(data: dict[str, object]) -> DatastoreConfig:
     try:
         return parse_datastore(data, "volume attributes")
     except RegistryError as e:
