@@ -130,12 +130,47 @@ def workload_identity_credential(env: Mapping[str, str]) -> Any:
     if env.get("AZURE_AUTHORITY_HOST"):
         kwargs["authority"] = env["AZURE_AUTHORITY_HOST"]
         kwargs["disable_instance_discovery"] = True
-    return WorkloadIdentityCredential(
-        tenant_id=env["AZURE_TENANT_ID"],
-        client_id=env["AZURE_CLIENT_ID"],
-        token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
-        **kwargs,
+    return _WithoutAuthResponse(
+        WorkloadIdentityCredential(
+            tenant_id=env["AZURE_TENANT_ID"],
+            client_id=env["AZURE_CLIENT_ID"],
+            token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
+            **kwargs,
+        )
     )
+
+
+class _WithoutAuthResponse:
+    """A credential whose refusals carry no HTTP response. WorkloadIdentityCredential attaches
+    Azure AD's response to its ClientAuthenticationError; the ADLS SDK then parses that as a
+    storage error body and fails with AttributeError ('str' object has no attribute 'get')
+    instead of reporting the refusal. ClientSecretCredential's errors carry none."""
+
+    def __init__(self, credential: Any):
+        self._credential = credential
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        try:
+            return getattr(self._credential, method)(*args, **kwargs)
+        except ClientAuthenticationError as e:
+            raise ClientAuthenticationError(message=e.message) from None
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._call("get_token", *scopes, **kwargs)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return self._call("get_token_info", *scopes, options=options)
+
+    def close(self) -> None:
+        self._credential.close()
+
+    def __enter__(self) -> _WithoutAuthResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _service_principal(

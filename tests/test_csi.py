@@ -620,3 +620,36 @@ def test_workload_identity(sp_env, tmp_path, monkeypatch):
         for m in control.list_mounts():
             if m.mountpoint.startswith(str(tmp_path)):
                 control.unmount(m.mountpoint, lazy=True)
+
+
+def test_workload_identity_refusal_is_forbidden_in_the_backend(sp_env, tmp_path, monkeypatch):
+    """What the daemon sees when Azure AD refuses the token: Forbidden (EACCES), naming the
+    workload identity, not a crash inside the storage SDK."""
+    from dataclasses import replace
+
+    from amlfs.backends import Forbidden
+    from amlfs.registry import Credentials
+    from tests.servers.fixtures import make_adls_config
+
+    server = sp_env.server
+    server.aad.federated["wi-client-0002"] = "the-right-token"
+    token = tmp_path / "token"
+    token.write_text("a-wrong-token")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AZURE_CLIENT_ID", "wi-client-0002")
+    monkeypatch.setenv("AZURE_TENANT_ID", server.aad.tenant_id)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", server.base_url)
+    ds = replace(make_adls_config(server), credentials=Credentials())
+    backend = open_backend(ds, retry_total=0)
+    try:
+        with pytest.raises(Forbidden) as e:
+            backend.check_access()
+        assert "workload identity" in str(e.value) and "a-wrong-token" not in str(e.value)
+        token.write_text("the-right-token")
+        backend2 = open_backend(ds, retry_total=0)
+        try:
+            backend2.check_access()  # the same settings with the token AAD accepts
+        finally:
+            backend2.close()
+    finally:
+        backend.close()
