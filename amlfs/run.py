@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import outputs as outs
-from .backends.base import BackendError
+from .backends.base import BackendError, NotFound
 from .datareference import DataReference
 from .errors import AmlfsError, UsageError
 from .manifest import InputRecord, Manifest, pinned_backend, record_listing
@@ -111,6 +111,8 @@ def _record(ref: DataReference) -> InputRecord:
     backend = ref.datastore.backend()
     try:
         files = record_listing(backend, ref.path_on_datastore)
+    except NotFound as e:
+        raise UsageError(f"input {ref.data_reference_name}: {e}") from None
     except BackendError as e:
         raise AmlfsError(f"input {ref.data_reference_name}: {e}") from None
     finally:
@@ -250,6 +252,10 @@ def run_with_inputs(
     """
     if not command:
         raise UsageError("no command to run")
+    names = [r.data_reference_name for r in refs] + [o.name for o in outputs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"two inputs or outputs share the name {dup[0]!r}: give each its own")
     run_id = run_id or new_run_id()
     manifest = Manifest(run_id, list(command), start=_utc(time.time()))
     result = RunResult(1, run_id=run_id, manifest=manifest)
