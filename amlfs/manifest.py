@@ -89,13 +89,18 @@ class Manifest:
             return self.input(source)
         from .uri import parse_location
 
-        loc = parse_location(source)
-        ds = registry.get(loc.datastore) if loc.datastore else registry.default_datastore()
+        known = ", ".join(f"{r.name} ({r.datastore}:{r.path})" for r in self.inputs) or "none"
+        try:
+            loc = parse_location(source)
+            ds = registry.get(loc.datastore) if loc.datastore else registry.default_datastore()
+        except AmlfsError:
+            raise UsageError(
+                f"the manifest has no input named or at {source!r} (its inputs: {known})"
+            ) from None
         for rec in self.inputs:
             if rec.datastore == ds.name and rec.path == normpath(loc.path):
                 return rec
-        known = ", ".join(f"{r.name} ({r.datastore}:{r.path})" for r in self.inputs) or "none"
-        raise UsageError(f"the manifest has no input at {source!r} (its inputs: {known})")
+        raise UsageError(f"the manifest has no input named or at {source!r} (its inputs: {known})")
 
     # --- JSON ----------------------------------------------------------------------------------
 

@@ -100,10 +100,12 @@ def _download(
     finally:
         backend.close()
     if result.failed:
-        names = ", ".join(p for p, _ in result.failed[:5])
+        more = len(result.failed) - 3
+        whys = "; ".join(why for _, why in result.failed[:3]) + (
+            f"; and {more} more" if more > 0 else ""
+        )
         raise AmlfsError(
-            f"input {ref.data_reference_name}: {len(result.failed)} files failed to download"
-            f" ({names}): {result.failed[0][1]}"
+            f"input {ref.data_reference_name}: {len(result.failed)} files failed to download: {whys}"
         )
 
 

@@ -107,15 +107,23 @@ class PinnedBackend(Backend):
         try:
             return read(etag)
         except Changed:
+            # a conditional read of a deleted object may answer 412 as well: say which it is
+            try:
+                self.inner.stat(path)
+            except NotFound:
+                raise self._deleted(path) from None
+            except BackendError:
+                pass
             raise NotAsPinned(
                 f"{path!r} changed since {self.source} was recorded (ETag {etag}): refusing to"
                 " read the new version",
                 path,
             ) from None
         except NotFound:
-            raise NotAsPinned(
-                f"{path!r} was deleted since {self.source} was recorded", path
-            ) from None
+            raise self._deleted(path) from None
+
+    def _deleted(self, path: str) -> NotAsPinned:
+        return NotAsPinned(f"{path!r} was deleted since {self.source} was recorded", path)
 
     def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
         return self._guard(path, lambda e: self.inner.read_range(path, offset, length, e))
