@@ -20,7 +20,13 @@ def manifest_group() -> None:
     """Run manifests: the files (with ETags) a run's inputs saw and its outputs committed."""
 
 
-@manifest_group.command("verify")
+@manifest_group.command(
+    "verify",
+    epilog=examples(
+        "amlfs manifest verify ~/.local/state/amlfs/runs/RUN_ID/manifest.json",
+        "amlfs manifest verify run.json || amlfs run --pin run.json -- python train.py",
+    ),
+)
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @pass_app
 def verify_cmd(app: AppContext, manifest: str) -> None:
@@ -41,7 +47,9 @@ def verify_cmd(app: AppContext, manifest: str) -> None:
     if diffs:
         counts = {k: sum(d.kind == k for d in diffs) for k in ("changed", "missing", "added")}
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        click.echo(f"amlfs: run {m.run_id}: inputs differ from the manifest: {summary}", err=True)
+        click.echo(
+            f"amlfs: error: run {m.run_id}: inputs differ from the manifest: {summary}", err=True
+        )
         sys.exit(1)
     click.echo(
         f"amlfs: run {m.run_id}: {len(m.inputs)} input(s), {files} file(s) match the manifest",
@@ -49,7 +57,10 @@ def verify_cmd(app: AppContext, manifest: str) -> None:
     )
 
 
-@manifest_group.command("show")
+@manifest_group.command(
+    "show",
+    epilog=examples("amlfs manifest show run.json", "amlfs manifest show --files run.json"),
+)
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--files", is_flag=True, help="Every file, with its size and ETag.")
 def show_cmd(manifest: str, files: bool) -> None:

@@ -86,8 +86,6 @@ def check_placeholders(command: tuple[str, ...], names: list[str]) -> None:
     context_settings={"ignore_unknown_options": True},
     epilog=examples(
         "amlfs run -i train=training:images -- python train.py --data {train}",
-        "amlfs run -i labels=:labels@download -- sh -c 'wc -l \"$AMLFS_DATAREFERENCE_labels\"/*'",
-        "amlfs run -i a=ds:x@mount -i b=ds:y@download --workdir /tmp/job -- ./job.sh {a} {b}",
         "amlfs run -i d=training:images -o model=training:models/{run-id} -- python train.py"
         " --data {d} --out {model}",
         "amlfs run --pin ~/.local/state/amlfs/runs/RUN_ID/manifest.json -- python train.py",
