@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backends.base import BackendError, normpath
@@ -103,6 +103,13 @@ def prepare(outputs: Sequence[Output], rundir: str, run_id: str, taken: Sequence
                 prepared.mounted[out.name] = where
             else:
                 os.makedirs(where, exist_ok=True)
+                with os.scandir(where) as it:
+                    if next(it, None) is not None:
+                        # its files would be uploaded as this run's
+                        raise UsageError(
+                            f"output {out.name}: its directory {where} is not empty (left by an"
+                            " earlier run?): empty it or use another --workdir"
+                        )
             prepared.locations[out.name] = where
             log.info("output %s: %s at %s", out.name, out.mode, where)
     except BaseException:
@@ -244,7 +251,3 @@ def _listing_or_empty(backend, dest: str) -> list[FileRecord]:
         return record_listing(backend, dest)
     except NotFound:
         return []
-
-
-def with_mode(out: Output, **changes) -> Output:
-    return replace(out, **changes)

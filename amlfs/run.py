@@ -295,6 +295,12 @@ def run_with_inputs(
                 show_progress=show_progress,
                 report=report,
             )
+            if rundir.owned and any(
+                o.failures and o.output.mode == "upload" for o in result.outputs
+            ):
+                rundir.owned = False  # the only copy of what failed to upload: keep it
+                if report:
+                    report(f"amlfs: the outputs that failed to upload are kept under {rundir.path}")
     except Terminated as t:
         result.returncode = 128 + t.args[0]
     finally:

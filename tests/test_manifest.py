@@ -185,3 +185,45 @@ def test_bad_manifest_is_a_usage_error(tmp_path):
         assert len(p.stderr.strip().splitlines()) == 1
     p = amlfs(reg, "manifest", "verify", str(tmp_path / "missing.json"))
     assert p.returncode == 2 and "cannot read manifest" in p.stderr
+
+
+def test_pinned_backend_view(local_config):
+    """The view's tree, pages and refusals, straight from the record (no service call)."""
+    from amlfs.backends import open_backend
+    from amlfs.backends.base import NotADirectory, NotFound, ObjectInfo
+    from amlfs.backends.pinned import NotAsPinned, PinnedBackend, ReadOnly
+
+    inner = open_backend(local_config)
+    inner.write_bytes("d/x", b"x")
+    inner.write_bytes("d/y/z", b"zz")
+    x, z = inner.stat("d/x"), inner.stat("d/y/z")
+    files = [
+        x,
+        z,
+        ObjectInfo("d/y", False, size=1, etag='"clash"'),
+        ObjectInfo("e", False, 3, '"e"'),
+    ]
+    view = PinnedBackend(inner, files, "test", root="d")
+    assert view.stat("d").is_dir and view.stat("d/y").is_dir and view.stat("").is_dir
+    assert view.stat("d/x") == x
+    page, token = view.list_page("", page_size=1)
+    assert [e.path for e in page] == ["d"] and token == "1"
+    page, token = view.list_page("", token)
+    assert [e.path for e in page] == ["e"] and token is None
+    assert [(e.path, e.is_dir) for e in view.list_dir("d")] == [("d/x", False), ("d/y", True)]
+    assert sorted(i.path for i in view.walk("d")) == ["d/x", "d/y/z"]
+    with pytest.raises(NotADirectory):
+        view.list_page("d/x")
+    with pytest.raises(NotFound):
+        view.stat("d/new")
+    assert view.read_range("d/y/z", 0, 10) == b"zz"
+    inner.write_bytes("d/x", b"changed")
+    with pytest.raises(NotAsPinned, match="changed since test"):
+        view.read_range("d/x", 0, 10)
+    with pytest.raises(NotAsPinned, match="deleted since test"):
+        view.read_range("e", 0, 10)
+    with pytest.raises(ReadOnly):
+        view.write_bytes("d/new", b"")
+    with pytest.raises(ReadOnly):
+        view.delete("d/x")
+    view.close()

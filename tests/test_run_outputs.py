@@ -201,9 +201,22 @@ def test_success_with_failed_output_exits_1_with_failure_listed(tmp_path):
     assert p.returncode == 1, p.stderr
     assert "output m: failed:" in p.stderr and "is gone" in p.stderr
     assert "the command succeeded but 1 output failure" in p.stderr
+    kept = next(ln for ln in p.stderr.splitlines() if "kept under" in ln).rpartition(" ")[2]
+    assert open(os.path.join(kept, "outputs", "k", "f")).read() == "x\n"
     # a failed command keeps its own status, the failure listed all the same
     p = amlfs(reg, "run", "-o", "m=:gone", "--", "sh", "-c", "rm -r {m}; exit 5")
     assert p.returncode == 5 and "output m: failed:" in p.stderr
+
+
+def test_an_output_directory_left_by_an_earlier_run_is_refused(tmp_path):
+    reg = str(tmp_path / "ws.yaml")
+    Workspace.from_config(reg).registry.save()
+    work = tmp_path / "work"
+    p = amlfs(reg, "run", "--workdir", str(work), "-o", "m=:w", "--", "sh", "-c", "echo 1 > {m}/a")
+    assert p.returncode == 0, p.stderr
+    p = amlfs(reg, "run", "--workdir", str(work), "-o", "m=:w2", "--", "true")
+    assert p.returncode == 2 and "is not empty" in p.stderr
+    assert (work / "outputs" / "m" / "a").read_text() == "1\n"
 
 
 def test_bad_output_specs_exit_2(tmp_path):
