@@ -178,9 +178,11 @@ def materialize(
 def _named(
     refs: Sequence[DataReference], outputs: Sequence[Output]
 ) -> list[tuple[str, str, list[str]]]:
-    """(name, its `str()` form, its environment names) of every input and output."""
+    """(name, its `str()` form, its environment names) of every input and output, the longest
+    names first (so that `$AZUREML_OUTPUT_m` is not replaced inside `$AZUREML_OUTPUT_model`)."""
     items = [(r.data_reference_name, str(r), r.env_names()) for r in refs]
-    return items + [(o.name, str(o), o.env_names()) for o in outputs]
+    items += [(o.name, str(o), o.env_names()) for o in outputs]
+    return sorted(items, key=lambda item: -len(item[0]))
 
 
 def substitute(

@@ -208,6 +208,18 @@ def test_success_with_failed_output_exits_1_with_failure_listed(tmp_path):
     assert p.returncode == 5 and "output m: failed:" in p.stderr
 
 
+def test_names_that_prefix_each_other_are_substituted_whole(tmp_path):
+    from amlfs.run import substitute
+
+    ds = Workspace.from_config(str(tmp_path / "ws.yaml")).get_default_datastore()
+    from amlfs.outputs import Output
+
+    outs = [Output("m", ds, "a"), Output("model", ds, "b")]
+    locs = {"m": "/m", "model": "/model"}
+    args = ["$AZUREML_OUTPUT_model", "$AZUREML_OUTPUT_m", "{model}/{m}"]
+    assert substitute(args, [], locs, outs) == ["/model", "/m", "/model//m"]
+
+
 def test_an_output_directory_left_by_an_earlier_run_is_refused(tmp_path):
     reg = str(tmp_path / "ws.yaml")
     Workspace.from_config(reg).registry.save()
