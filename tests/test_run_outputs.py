@@ -62,14 +62,13 @@ needs_rw_mount = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(params=["local", "blob", "adls"])
-def store(request, tmp_path):
-    """(registry path, the datastore 'data') on each kind of storage."""
+def make_store(request, kind: str, tmp_path) -> tuple[str, Datastore]:
+    """(registry path, the datastore 'data') on `kind` of storage."""
     reg = str(tmp_path / "ws.yaml")
     ws = Workspace.from_config(reg)
-    if request.param == "local":
+    if kind == "local":
         Datastore.register_local(ws, "data", str(tmp_path / "store"), create_if_not_exists=True)
-    elif request.param == "blob":
+    elif kind == "blob":
         az = request.getfixturevalue("azurite")
         container = request.getfixturevalue("container")
         Datastore.register_azure_blob_container(
@@ -81,6 +80,17 @@ def store(request, tmp_path):
         ws.registry.save()
     ws = Workspace.from_config(reg)
     return reg, Datastore(ws, "data")
+
+
+@pytest.fixture(params=["local", "blob", "adls"])
+def store(request, tmp_path):
+    return make_store(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=["local", "blob"])
+def rw_store(request, tmp_path):
+    """Writable mounts exist for Blob and local datastores."""
+    return make_store(request, request.param, tmp_path)
 
 
 @pytest.fixture
@@ -317,8 +327,8 @@ def test_rw_mount_without_writable_mounts_is_a_clear_usage_error(tmp_path):
 
 @needs_fuse
 @needs_rw_mount
-def test_rw_mount_output_after_success_and_failure(store, payload_dir, tmp_path):
-    reg, ds = store
+def test_rw_mount_output_after_success_and_failure(rw_store, payload_dir, tmp_path):
+    reg, ds = rw_store
     b = ds.backend()
     b.write_bytes("rw/keep/.placeholder", b"")
     b.write_bytes("rw2/keep/.placeholder", b"")
@@ -340,8 +350,8 @@ def test_rw_mount_output_after_success_and_failure(store, payload_dir, tmp_path)
 
 @needs_fuse
 @needs_rw_mount
-def test_rw_mount_output_after_sigterm(store, payload_dir, tmp_path):
-    reg, ds = store
+def test_rw_mount_output_after_sigterm(rw_store, payload_dir, tmp_path):
+    reg, ds = rw_store
     b = ds.backend()
     b.write_bytes("rwt/m/.placeholder", b"")
     b.close()
