@@ -368,3 +368,22 @@ def test_rw_mount_output_after_sigterm(rw_store, payload_dir, tmp_path):
     got = remote_files(ds, "rwt/m")
     got.pop(".placeholder", None)
     assert got == PAYLOAD
+
+
+@needs_fuse
+@needs_rw_mount
+def test_rw_mount_output_to_a_new_run_id_path(rw_store, payload_dir, tmp_path):
+    reg, ds = rw_store
+    p = amlfs(
+        reg,
+        "run",
+        "-o",
+        "m=data:models/{run-id}@rw_mount",
+        "--",
+        *writer_cmd(tmp_path, payload_dir),
+    )
+    assert p.returncode == 0, p.stderr
+    m = run_manifest(p.stderr)
+    prefix = f"models/{m['run_id']}"
+    assert remote_files(ds, prefix) == PAYLOAD
+    check_output_record(ds, m, "m", prefix)
