@@ -3,6 +3,7 @@ here on the local compute (this machine)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,8 @@ from ..datareference import DataReference
 from ..errors import UsageError
 from ..outputs import Output
 from ..run import RunResult, new_run_id, run_with_inputs
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_COMPUTE = ("local",)
 
@@ -139,7 +142,8 @@ class Estimator:
 
     def run(self, show_progress: bool | None = None) -> Run:
         """Run the script here and now; outputs are committed and the manifest written before
-        this returns (the summary lines go to stderr)."""
+        this returns (summaries logged at INFO, output failures at WARNING and in
+        `get_details()`)."""
         result = run_with_inputs(
             self._argv(),
             self.inputs,
@@ -149,8 +153,10 @@ class Estimator:
             env=self.environment_variables,
             show_progress=show_progress,
             run_id=new_run_id(),
-            report=lambda line: print(line, file=sys.stderr),
+            report=log.info,
         )
+        for failure in result.failures:
+            log.warning("run %s: %s", result.run_id, failure)
         return Run(result, self.inputs, self.outputs)
 
     submit = run
