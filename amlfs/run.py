@@ -1,26 +1,39 @@
-"""Training runs on this machine: materialise DataReferences (mount or download), run a command
-with their locations in its arguments and environment, and always clean up the mounts."""
+"""Training runs on this machine: materialise DataReferences (mount or download), prepare the
+outputs (amlfs.outputs), run a command with their locations in its arguments and environment,
+commit the outputs, write the run's manifest (amlfs.manifest), and always clean up the mounts."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from . import outputs as outs
+from .backends.base import BackendError, NotFound
 from .datareference import DataReference
 from .errors import AmlfsError, UsageError
+from .manifest import InputRecord, Manifest, pinned_backend, record_listing
+from .outputs import Output, OutputResult
+from .runmounts import mount, unmount
+
+if TYPE_CHECKING:
+    from .workspace import Datastore
 
 log = logging.getLogger(__name__)
 
-MOUNT_TIMEOUT = 120
+#: an input pinned to a manifest: (the manifest's file, its record of the input)
+Pin = tuple[str, InputRecord]
 
 
 class Terminated(Exception):
@@ -59,55 +72,73 @@ class RunDir:
         return os.path.join(self.path, "inputs", ref.data_reference_name)
 
 
-def _amlfs_cli(registry_path: str) -> list[str]:
-    # A registry never saved holds only the embedded default, which the child finds without one.
-    named = ["--registry", registry_path] if os.path.exists(registry_path) else []
-    return [sys.executable, "-m", "amlfs", *named]
+def new_run_id() -> str:
+    """A run's id, as Azure ML's: unique, sortable by start time, safe in paths."""
+    return time.strftime("run_%Y%m%d_%H%M%S_", time.gmtime()) + secrets.token_hex(4)
 
 
-def _mount(ref: DataReference, where: str) -> None:
-    registry = str(ref.datastore.workspace.registry.path)
-    os.makedirs(where, exist_ok=True)
-    cmd = _amlfs_cli(registry) + ["mount", ref.location, where]
-    # Without --registry (a registry never saved), $AMLFS_REGISTRY must not name a missing file.
-    env = {k: v for k, v in os.environ.items() if k != "AMLFS_REGISTRY" or "--registry" in cmd}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT, env=env)
-    if p.returncode != 0:
-        message = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "mount failed"
-        message = message.removeprefix("amlfs: error: ")
-        err = UsageError if p.returncode == 2 else AmlfsError
-        raise err(f"input {ref.data_reference_name}: {message}")
+def runs_dir() -> Path:
+    """Where each run's manifest goes: $XDG_STATE_HOME/amlfs/runs/RUN_ID/, beside the logs."""
+    from .logs import logs_dir
+
+    return logs_dir().parent / "runs"
 
 
-def _unmount(where: str) -> None:
-    # A plain fusermount3 -u first; lazy as the fallback so that a busy mount never lingers.
-    for args in (["-u"], ["-u", "-z"]):
-        p = subprocess.run(["fusermount3", *args, where], capture_output=True, text=True)
-        if p.returncode == 0:
-            return
-    log.warning("could not unmount %s: %s", where, p.stderr.strip())
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
-def _download(ref: DataReference, where: str, show_progress: bool | None) -> None:
+def _download(
+    ref: DataReference, rec: InputRecord, where: str, source: str, show_progress: bool | None
+) -> None:
     from .stage import stage
 
-    backend = ref.datastore.backend()
+    # Through the record: exactly the files listed (and recorded) at their listed ETags.
+    backend = pinned_backend(ref.datastore.backend(), rec, source)
     try:
         result = stage(backend, ref.path_on_datastore, where, show_progress=show_progress)
     finally:
         backend.close()
     if result.failed:
-        names = ", ".join(p for p, _ in result.failed[:5])
-        raise AmlfsError(
-            f"input {ref.data_reference_name}: {len(result.failed)} files failed to download ({names})"
+        more = len(result.failed) - 3
+        whys = "; ".join(why for _, why in result.failed[:3]) + (
+            f"; and {more} more" if more > 0 else ""
         )
+        raise AmlfsError(
+            f"input {ref.data_reference_name}: {len(result.failed)} files failed to download: {whys}"
+        )
+
+
+def _record(ref: DataReference) -> InputRecord:
+    backend = ref.datastore.backend()
+    try:
+        files = record_listing(backend, ref.path_on_datastore)
+    except NotFound as e:
+        raise UsageError(f"input {ref.data_reference_name}: {e}") from None
+    except BackendError as e:
+        raise AmlfsError(f"input {ref.data_reference_name}: {e}") from None
+    finally:
+        backend.close()
+    return InputRecord(
+        ref.data_reference_name, ref.datastore.name, ref.path_on_datastore, ref.mode, files
+    )
 
 
 @contextlib.contextmanager
 def materialize(
-    refs: Sequence[DataReference], rundir: RunDir, show_progress: bool | None = None
+    refs: Sequence[DataReference],
+    rundir: RunDir,
+    show_progress: bool | None = None,
+    pins: Mapping[str, Pin] | None = None,
+    records: list[InputRecord] | None = None,
 ) -> Iterator[dict[str, str]]:
-    """Mount or download each reference; yield {name: local path}; unmount on every way out."""
+    """Mount or download each reference; yield {name: local path}; unmount on every way out.
+
+    Each input's files are recorded (appended to `records`) from one listing; a download takes
+    exactly those files. An input named in `pins` is taken from its manifest record instead:
+    no listing, and exactly its files at their recorded ETags.
+    """
+    pins = pins or {}
     names = [r.data_reference_name for r in refs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -117,67 +148,121 @@ def materialize(
         locations: dict[str, str] = {}
         for ref in refs:
             where = rundir.location_for(ref)
-            if ref.mode == "mount":
-                _mount(ref, where)
+            label = f"input {ref.data_reference_name}"
+            pin = pins.get(ref.data_reference_name)
+            rec = pin[1] if pin else _record(ref)
+            rec = InputRecord(rec.name, rec.datastore, rec.path, ref.mode, rec.files)
+            registry = str(ref.datastore.workspace.registry.path)
+            if ref.mode == "mount" and pin:
+                manifest = os.path.abspath(pin[0])
+                mount(registry, rec.name, where, label, extra=["--manifest", manifest])
+                mounted.append(where)
+            elif ref.mode == "mount":
+                mount(registry, ref.location, where, label)
                 mounted.append(where)
             else:
-                _download(ref, where, show_progress)
+                source = f"manifest {pin[0]}" if pin else "the run's listing"
+                _download(ref, rec, where, source, show_progress)
+            if records is not None:
+                records.append(rec)
             locations[ref.data_reference_name] = where
             log.info("input %s: %s at %s", ref.data_reference_name, ref.mode, where)
         yield locations
     finally:
         for where in reversed(mounted):
-            _unmount(where)
+            unmount(where)
         if rundir.owned:
             shutil.rmtree(rundir.path, ignore_errors=True)
 
 
+def _named(
+    refs: Sequence[DataReference], outputs: Sequence[Output]
+) -> list[tuple[str, str, list[str]]]:
+    """(name, its `str()` form, its environment names) of every input and output, the longest
+    names first (so that `$AZUREML_OUTPUT_m` is not replaced inside `$AZUREML_OUTPUT_model`)."""
+    items = [(r.data_reference_name, str(r), r.env_names()) for r in refs]
+    items += [(o.name, str(o), o.env_names()) for o in outputs]
+    return sorted(items, key=lambda item: -len(item[0]))
+
+
 def substitute(
-    args: Sequence[str], refs: Sequence[DataReference], locations: Mapping[str, str]
+    args: Sequence[str],
+    refs: Sequence[DataReference],
+    locations: Mapping[str, str],
+    outputs: Sequence[Output] = (),
 ) -> list[str]:
-    """Replace `{NAME}` and `$AZUREML_DATAREFERENCE_NAME` in each argument by its location."""
+    """Replace `{NAME}`, `$AZUREML_DATAREFERENCE_NAME` and `$AZUREML_OUTPUT_NAME` in each
+    argument by the input's or output's location."""
     out = []
     for arg in args:
-        for ref in refs:
-            loc = locations[ref.data_reference_name]
-            arg = arg.replace("{" + ref.data_reference_name + "}", loc).replace(str(ref), loc)
+        for name, text, _ in _named(refs, outputs):
+            loc = locations[name]
+            arg = arg.replace("{" + name + "}", loc).replace(text, loc)
         out.append(arg)
     return out
 
 
 def environment(
-    refs: Sequence[DataReference], locations: Mapping[str, str], extra: Mapping[str, str] | None
+    refs: Sequence[DataReference],
+    locations: Mapping[str, str],
+    extra: Mapping[str, str] | None,
+    outputs: Sequence[Output] = (),
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra or {})
-    for ref in refs:
-        for name in ref.env_names():
-            env[name] = locations[ref.data_reference_name]
+    for name, _, env_names in _named(refs, outputs):
+        for var in env_names:
+            env[var] = locations[name]
     return env
 
 
 @dataclass
 class RunResult:
+    """`returncode`: the command's status, or 1 when it succeeded but an output (or the
+    manifest) could not be committed; `failures` says what."""
+
     returncode: int
     locations: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    command_status: int | None = None
+    outputs: list[OutputResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+    manifest_path: str | None = None
 
 
 def run_with_inputs(
     command: Sequence[str],
     refs: Sequence[DataReference],
     *,
+    outputs: Sequence[Output] = (),
     workdir: str | None = None,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     show_progress: bool | None = None,
+    run_id: str | None = None,
+    pins: Mapping[str, Pin] | None = None,
+    upload_on_failure: bool = True,
+    manifest_to: tuple[Datastore, str] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Materialise `refs`, run `command` (arguments substituted), return its exit status.
+    """Materialise `refs`, prepare `outputs`, run `command` (arguments substituted), commit
+    the outputs, write the manifest; return the exit status (see RunResult).
 
-    SIGTERM and SIGINT are passed on to the command; whatever happens, mounts are undone before
-    this returns. A command killed by a signal gives 128 + the signal number, as a shell does.
+    SIGTERM and SIGINT are passed on to the command; the outputs are committed after it ends
+    (upload mode: also when it failed, unless not `upload_on_failure`); whatever happens,
+    mounts are undone before this returns. A command killed by a signal gives 128 + the signal
+    number, as a shell does. `report` is given the summary lines (the CLI prints them).
     """
     if not command:
         raise UsageError("no command to run")
+    names = [r.data_reference_name for r in refs] + [o.name for o in outputs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"two inputs or outputs share the name {dup[0]!r}: give each its own")
+    run_id = run_id or new_run_id()
+    manifest = Manifest(run_id, list(command), start=_utc(time.time()))
+    result = RunResult(1, run_id=run_id, manifest=manifest)
     child: list[subprocess.Popen] = []
 
     def on_signal(signum, _frame):
@@ -192,27 +277,89 @@ def run_with_inputs(
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         rundir = RunDir.create(workdir)
-        with materialize(refs, rundir, show_progress) as locations:
-            argv = substitute(command, refs, locations)
-            log.info("running %s", argv)
+        with materialize(refs, rundir, show_progress, pins, manifest.inputs) as locations:
+            taken = [r.data_reference_name for r in refs]
+            prepared = outs.prepare(outputs, rundir.path, run_id, taken)
             try:
-                child.append(subprocess.Popen(argv, cwd=cwd, env=environment(refs, locations, env)))
-            except FileNotFoundError:
-                raise CommandNotFound(
-                    f"{argv[0]}: command not found (check the name, or give its full path)"
-                ) from None
-            except PermissionError:
-                raise CommandNotExecutable(
-                    f"{argv[0]}: permission denied: not executable (chmod +x it, or run it"
-                    " through its interpreter)"
-                ) from None
-            except OSError as e:
-                raise CommandNotExecutable(f"cannot run {argv[0]}: {e.strerror}") from None
+                locations = {**locations, **prepared.locations}
+                argv = substitute(command, refs, locations, outputs)
+                log.info("run %s: running %s", run_id, argv)
+                child.append(_start(argv, cwd, environment(refs, locations, env, outputs)))
+            except BaseException:
+                outs.release(prepared)
+                raise
             rc = child[0].wait()
-            return RunResult(128 - rc if rc < 0 else rc, dict(locations))
+            result.returncode = result.command_status = 128 - rc if rc < 0 else rc
+            result.locations = dict(locations)
+            result.outputs = outs.commit(
+                prepared,
+                upload=result.returncode == 0 or upload_on_failure,
+                show_progress=show_progress,
+                report=report,
+            )
+            if rundir.owned and any(
+                o.failures and o.output.mode == "upload" for o in result.outputs
+            ):
+                rundir.owned = False  # the only copy of what failed to upload: keep it
+                if report:
+                    report(f"amlfs: the outputs that failed to upload are kept under {rundir.path}")
     except Terminated as t:
-        signum = t.args[0]
-        return RunResult(128 + signum)
+        result.returncode = 128 + t.args[0]
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    manifest.end = _utc(time.time())
+    manifest.exit_status = result.command_status
+    manifest.outputs = [o.record for o in result.outputs]
+    result.failures = [f"output {o.output.name}: {f}" for o in result.outputs for f in o.failures]
+    _write_manifest(result, manifest_to, report)
+    if result.returncode == 0 and result.failures:
+        result.returncode = 1
+        if report:
+            report(f"amlfs: error: the command succeeded but {len(result.failures)} output"
+                   " failure(s) happened (listed above)")  # fmt: skip
+    return result
+
+
+def _start(argv: list[str], cwd: str | None, env: dict[str, str]) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(argv, cwd=cwd, env=env)
+    except FileNotFoundError:
+        raise CommandNotFound(
+            f"{argv[0]}: command not found (check the name, or give its full path)"
+        ) from None
+    except PermissionError:
+        raise CommandNotExecutable(
+            f"{argv[0]}: permission denied: not executable (chmod +x it, or run it"
+            " through its interpreter)"
+        ) from None
+    except OSError as e:
+        raise CommandNotExecutable(f"cannot run {argv[0]}: {e.strerror}") from None
+
+
+def _write_manifest(
+    result: RunResult,
+    manifest_to: tuple[Datastore, str] | None,
+    report: Callable[[str], None] | None,
+) -> None:
+    """The manifest beside the run's state, and on `manifest_to`; a failure to write either is
+    one of the run's failures."""
+    from .manifest import publish
+
+    assert result.manifest is not None
+    path = runs_dir() / result.run_id / "manifest.json"
+    try:
+        result.manifest.save(str(path))
+        result.manifest_path = str(path)
+        if report:
+            report(f"amlfs: run {result.run_id}: manifest {path}")
+    except OSError as e:
+        result.failures.append(f"manifest: cannot write {path}: {e.strerror}")
+    if manifest_to is not None:
+        ds, where = manifest_to
+        try:
+            dest = publish(result.manifest, ds.config, where)
+            if report:
+                report(f"amlfs: run {result.run_id}: manifest also at {ds.name}:{dest}")
+        except (AmlfsError, BackendError) as e:
+            result.failures.append(f"manifest: cannot write it to {ds.name}:{where}: {e}")

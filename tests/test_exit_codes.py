@@ -71,6 +71,22 @@ def _blob(kind, env, *extra):
             env["url"], *extra]  # fmt: skip
 
 
+def _manifest(env, etag: str | None = None) -> str:
+    """A run manifest of input `a` = loc:d (d/f.txt at its ETag now, or at `etag`)."""
+    from dataclasses import replace
+
+    from amlfs.backends.local import LocalBackend
+    from amlfs.manifest import FileRecord, InputRecord, Manifest
+
+    rec = FileRecord.of(LocalBackend(str(env["root"])).stat("d/f.txt"))
+    rec = replace(rec, etag=etag) if etag else rec
+    path = env["tmp"] / f"manifest-{etag is None}.json"
+    Manifest("run_x", ["true"], inputs=[InputRecord("a", "loc", "d", "download", [rec])]).save(
+        str(path)
+    )
+    return str(path)
+
+
 # (command, [(expected exit, args-builder)]). Each builder gets the env and returns argv.
 CASES: dict[str, list] = {
     "datastore register blob": [
@@ -142,6 +158,15 @@ CASES: dict[str, list] = {
         (2, lambda e: ["run", "-i", "a=loc:none@download", "--", "true"]),
         (3, lambda e: ["run", "--", "sh", "-c", "exit 3"]),
         (127, lambda e: ["run", "--", "no-such-command-amlfs"]),
+    ],
+    "manifest verify": [
+        (0, lambda e: ["manifest", "verify", _manifest(e)]),
+        (1, lambda e: ["manifest", "verify", _manifest(e, '"changed"')]),
+        (2, lambda e: ["manifest", "verify", str(e["tmp"] / "none.json")]),
+    ],
+    "manifest show": [
+        (0, lambda e: ["manifest", "show", "--files", _manifest(e)]),
+        (2, lambda e: ["manifest", "show", str(e["tmp"] / "none.json")]),
     ],
     "ls": [
         (0, lambda e: ["ls", "-lR", "loc:d"]),

@@ -104,6 +104,13 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     default=30.0,
     help="Wait this long for the mount to go live (default 30).",
 )
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False),
+    metavar="MANIFEST",
+    help="Mount an input of a run manifest exactly as recorded (SOURCE: the input's name or "
+    "location): no listings; a file changed since is refused (ESTALE), files added are not shown.",
+)
 @click.option("--status-fd", type=int, hidden=True)
 @click.option("--config-stdin", is_flag=True, hidden=True)
 @pass_app
@@ -124,6 +131,7 @@ def mount(
     debug: bool,
     log_file: str | None,
     timeout: float,
+    manifest: str | None,
     status_fd: int | None,
     config_stdin: bool,
 ) -> None:
@@ -158,7 +166,8 @@ def mount(
                 negative_timeout=pick(negative_timeout, "negative_timeout"),
                 read_timeout=pick(read_timeout, "read_timeout"),
                 read_ahead=pick(read_ahead, "read_ahead"),
-                immutable=immutable or o.immutable,
+                # a pinned mount cannot change: cache for ever
+                immutable=immutable or o.immutable or manifest is not None,
                 fuse_options=tuple(o.fuse),
                 nonempty=o.nonempty,
                 debug=debug or o.debug or app.debug,
@@ -166,7 +175,13 @@ def mount(
             )
             for note in notes:
                 click.echo(f"amlfs: {note}", err=True)
-        ds, path = app.location(source)
+        wrap = None
+        if manifest is not None:
+            from .manifest import pinned_source
+
+            ds, path, wrap = pinned_source(app, manifest, source)
+        else:
+            ds, path = app.location(source)
     except UsageError as e:
         status.error(e.exit_code, str(e))
         raise
@@ -182,7 +197,7 @@ def mount(
         except UsageError as e:
             status.error(e.exit_code, str(e))
             raise
-        run_mount(ds, path, mountpoint, config, status_fd=status.fd)
+        run_mount(ds, path, mountpoint, config, status_fd=status.fd, wrap=wrap)
         return
 
     from ..backends import open_backend
@@ -190,6 +205,8 @@ def mount(
 
     mountpoint = control.validate_mountpoint(mountpoint, nonempty=config.nonempty)
     backend = open_backend(ds)
+    if wrap is not None:
+        backend = wrap(backend)
     try:
         check_source(backend, ds, path)
     finally:
@@ -199,7 +216,11 @@ def mount(
         argv += ["--registry", os.path.abspath(app.registry_path)]
     # Pass the resolved datastore name so that a default-datastore change cannot race us; the
     # configuration goes whole on the daemon's stdin.
-    argv += ["mount", "--foreground", "--config-stdin", "--", f"{ds.name}:{path}", mountpoint]
+    argv += ["mount", "--foreground", "--config-stdin"]
+    if manifest is not None:
+        argv += ["--manifest", os.path.abspath(manifest), "--", source, mountpoint]
+    else:
+        argv += ["--", f"{ds.name}:{path}", mountpoint]
     from ..logs import default_log_path
 
     # The daemon's stderr (what is printed before its logging is set up) goes to its log too.

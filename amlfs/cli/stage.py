@@ -35,6 +35,13 @@ from .transfer import (
     "--dry-run", is_flag=True, help="Print what would be copied and deleted; change nothing."
 )
 @click.option("--verify", is_flag=True, help="Check Content-MD5 where the service has one.")
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False),
+    metavar="MANIFEST",
+    help="Stage an input of a run manifest exactly as recorded (SRC: the input's name or "
+    "location): no listing; a file changed since fails, files added since are left out.",
+)
 @filter_options
 @block_size_option
 @fsync_option
@@ -48,6 +55,7 @@ def stage_cmd(
     delete: bool,
     dry_run: bool,
     verify: bool,
+    manifest: str | None,
     include,
     exclude,
     block_size,
@@ -62,8 +70,14 @@ def stage_cmd(
     exit 1 also when any file failed, after copying all the others.
     """
     bs = parse_size(block_size)
-    ds, path = app.location(src)
-    backend = app.backend(ds)
+    if manifest is not None:
+        from .manifest import pinned_source
+
+        ds, path, wrap = pinned_source(app, manifest, src)
+        backend = wrap(app.backend(ds))
+    else:
+        ds, path = app.location(src)
+        backend = app.backend(ds)
 
     def plan(action: str, name: str) -> None:
         click.echo(f"{action} {name}")

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -158,14 +159,17 @@ def run_mount(
     mountpoint: str,
     config: MountConfig,
     status_fd: int | None = None,
+    wrap: Callable[[Backend], Backend] | None = None,
 ) -> None:
     """Mount `path` of datastore `ds` at `mountpoint` and serve it until unmounted or signalled.
+    `wrap`: the daemon serves `wrap(backend)` (a view of the datastore, e.g. pinned to a run
+    manifest) instead of the datastore's backend.
 
     Raises AmlfsError/BackendError (after telling the status pipe) when the mount cannot start.
     """
     status = StatusPipe(status_fd)
     try:
-        _run(ds, normpath(path), os.path.abspath(mountpoint), config, status)
+        _run(ds, normpath(path), os.path.abspath(mountpoint), config, status, wrap)
     except AmlfsError as e:
         status.error(e.exit_code, str(e))
         raise
@@ -178,7 +182,12 @@ def run_mount(
 
 
 def _run(
-    ds: DatastoreConfig, path: str, mountpoint: str, config: MountConfig, status: StatusPipe
+    ds: DatastoreConfig,
+    path: str,
+    mountpoint: str,
+    config: MountConfig,
+    status: StatusPipe,
+    wrap: Callable[[Backend], Backend] | None = None,
 ) -> None:
     from ..backends import open_backend
     from .datapath import DataPath
@@ -189,6 +198,8 @@ def _run(
     backend = open_backend(
         ds, retry_total=0, read_timeout=max(1.0, config.read_timeout / SOCKET_SHARE)
     )
+    if wrap is not None:
+        backend = wrap(backend)
     try:
         root = check_source(backend, ds, path)
         tb = TrioBackend(backend, max_threads=config.max_threads)
