@@ -159,6 +159,10 @@ CASES: dict[str, list] = {
         (3, lambda e: ["run", "--", "sh", "-c", "exit 3"]),
         (127, lambda e: ["run", "--", "no-such-command-amlfs"]),
     ],
+    # serving runs until SIGTERM (tests/test_csi.py); here only the refusal of a bad endpoint
+    "csi": [
+        (2, lambda e: ["csi", "--endpoint", "tcp://x", "--state-dir", str(e["tmp"] / "csi")]),
+    ],
     "manifest verify": [
         (0, lambda e: ["manifest", "verify", _manifest(e)]),
         (1, lambda e: ["manifest", "verify", _manifest(e, '"changed"')]),
