@@ -1,0 +1,198 @@
+"""A thread-safe block cache with read-ahead for one open remote file (fsspec's read side).
+
+The file is cut into fixed blocks; a read waits for the blocks it touches and copies once from
+them into the bytes it returns. A reader that goes forward (CSV parsers, Parquet scanners that
+read column chunk after column chunk) gets a read-ahead window that doubles on every sequential
+read up to `max_readahead` blocks; a jump elsewhere (a Parquet footer, a random probe) drops the
+window to nothing, so random readers fetch only what they touch.
+
+Like fsspec's caching.py, the cache never knows where bytes come from: it is given
+`fetch_into(offset, buf, abort) -> int` and a `submit(fn)` that runs `fn` on some worker
+thread. Memory: at most `max_readahead` + the blocks of the current read + `keep` blocks are
+held; blocks behind the reader are evicted first. `close()` cancels the fetches in flight
+through their `Abort` and drops every block.
+
+Concurrency: one lock guards the block table; fetches run outside it, each writing only into
+its own block's buffer, which no reader sees before the block's future completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from ..backends.base import Abort, Aborted
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[int, memoryview, Abort], int]
+
+
+class ShortRead(OSError):
+    """The object ended before its pinned size: it cannot be read consistently."""
+
+
+class _Block:
+    __slots__ = ("future", "abort")
+
+    def __init__(self) -> None:
+        self.future: Future[memoryview] = Future()
+        self.abort = Abort()
+
+
+class BlockReader:
+    """Reads of one object of `size` bytes through a cache of `block_size` blocks."""
+
+    def __init__(
+        self,
+        fetch_into: Fetch,
+        size: int,
+        block_size: int,
+        submit: Callable[[Callable[[], None]], object],
+        max_readahead: int = 4,
+        keep: int = 2,
+        name: str = "",
+    ):
+        if block_size <= 0:
+            raise ValueError("block_size must be positive")
+        self.fetch_into = fetch_into
+        self.size = size
+        self.block_size = block_size
+        self.submit = submit
+        self.max_readahead = max(0, max_readahead)
+        self.keep = max(0, keep)
+        self.name = name
+        self.nblocks = -(-size // block_size)
+        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._lock = threading.Lock()
+        self._last_end = 0
+        self._window = 0
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+        self.fetched = 0
+
+    # --- the fsspec cache interface (AbstractBufferedFile calls these) ----------------------
+
+    def _fetch(self, start: int | None, end: int | None) -> bytes:
+        start = 0 if start is None else start
+        end = self.size if end is None else min(end, self.size)
+        if start >= end:
+            return b""
+        first, last = start // self.block_size, (end - 1) // self.block_size
+        inline, wanted = self._plan(start, end, first, last)
+        for i, blk in inline:
+            self._load(i, blk)
+        pieces = []
+        try:
+            for i, blk in wanted:
+                view = blk.future.result()
+                lo = max(start - i * self.block_size, 0)
+                hi = min(end - i * self.block_size, len(view))
+                pieces.append(view[lo:hi])
+        except BaseException:
+            self._forget_failed(wanted)
+            raise
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            blocks, self._blocks = list(self._blocks.values()), OrderedDict()
+        for blk in blocks:
+            blk.abort.cancel()
+
+    def _log_stats(self) -> str:
+        return f"hits={self.hits} misses={self.misses} fetched={self.fetched}"
+
+    # --- planning and loading ---------------------------------------------------------------
+
+    def _plan(
+        self, start: int, end: int, first: int, last: int
+    ) -> tuple[list[tuple[int, _Block]], list[tuple[int, _Block]]]:
+        """Under the lock: the blocks this read needs (created if missing), which of them the
+        calling thread loads itself, and the read-ahead blocks handed to workers."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed file.")
+            gap = start - self._last_end
+            if 0 <= gap <= self.block_size:  # forward from where the last read ended
+                self._window = min(self.max_readahead, max(1, self._window * 2))
+            else:
+                self._window = 0
+            self._last_end = end
+            wanted: list[tuple[int, _Block]] = []
+            missing: list[tuple[int, _Block]] = []
+            for i in range(first, last + 1):
+                blk = self._blocks.get(i)
+                if blk is None:
+                    blk = self._blocks[i] = _Block()
+                    missing.append((i, blk))
+                    self.misses += 1
+                else:
+                    self._blocks.move_to_end(i)
+                    self.hits += 1
+                wanted.append((i, blk))
+            ahead = []
+            for i in range(last + 1, min(last + 1 + self._window, self.nblocks)):
+                if i not in self._blocks:
+                    blk = self._blocks[i] = _Block()
+                    ahead.append((i, blk))
+            self._evict(first, last + self._window)
+        # The caller loads the first missing block itself (no queueing behind read-ahead of
+        # other files); workers load the rest of this read, then the read-ahead.
+        for i, blk in missing[1:] + ahead:
+            try:
+                self.submit(lambda i=i, blk=blk: self._load(i, blk))
+            except Exception as e:  # a pool shut down: fail the block, never leave it pending
+                if blk.future.set_running_or_notify_cancel():
+                    blk.future.set_exception(e)
+        return missing[:1], wanted
+
+    def _evict(self, first: int, last: int) -> None:
+        cap = (last - first + 1) + self.keep
+        if len(self._blocks) <= cap:
+            return
+        # Behind the reader first (oldest use first), then anything outside [first, last].
+        victims = [i for i in self._blocks if i < first] + [i for i in self._blocks if i > last]
+        for i in victims:
+            if len(self._blocks) <= cap:
+                break
+            self._blocks.pop(i).abort.cancel()
+
+    def _load(self, i: int, blk: _Block) -> None:
+        if not blk.future.set_running_or_notify_cancel():
+            return
+        offset = i * self.block_size
+        want = min(self.block_size, self.size - offset)
+        try:
+            blk.abort.check(self.name)
+            buf = memoryview(bytearray(want))
+            got = self.fetch_into(offset, buf, blk.abort)
+            if got != want:
+                raise ShortRead(
+                    f"{self.name}: the object ended at {offset + got} bytes, before its size"
+                    f" {self.size}: it changed while it was read"
+                )
+        except BaseException as e:
+            blk.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        with self._lock:
+            self.fetched += want
+        blk.future.set_result(buf)
+
+    def _forget_failed(self, wanted: list[tuple[int, _Block]]) -> None:
+        """A failed block is dropped, so that the next read fetches it again."""
+        with self._lock:
+            for i, blk in wanted:
+                if blk.future.done() and blk.future.exception() is not None:
+                    if self._blocks.get(i) is blk:
+                        del self._blocks[i]
+
+
+__all__ = ["Aborted", "BlockReader", "ShortRead"]
