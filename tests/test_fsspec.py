@@ -214,6 +214,29 @@ def test_block_reader_failure_is_retried_on_the_next_read():
         reader._fetch(0, 10)
 
 
+def test_block_reader_reads_ahead_forward_and_exactly_elsewhere():
+    data = bytes(range(256)) * 64  # 16 KiB
+    fetched = []
+
+    def fetch(offset, buf, abort):
+        fetched.append((offset, len(buf)))
+        buf[:] = data[offset : offset + len(buf)]
+        return len(buf)
+
+    reader = BlockReader(fetch, len(data), 1024, lambda fn: fn(), max_readahead=4)
+    assert reader._fetch(16_000, 16_100) == data[16_000:16_100]  # a footer-like probe
+    assert fetched == [(16_000, 100)]
+    fetched.clear()
+    out = b"".join(reader._fetch(o, o + 100) for o in range(0, 4000, 100))
+    assert out == data[:4000]
+    # Forward reads: whole blocks, fetched ahead (up to 4 blocks past the read), once each.
+    offsets = [o for o, _ in fetched]
+    assert len(offsets) == len(set(offsets)) and all(n == 1024 for _, n in fetched)
+    assert max(offsets) >= 4 * 1024 and reader.hits > 30
+    assert reader._fetch(9000, 9000 + 2048) == data[9000:11048]  # a large jump: blocks
+    reader.close()
+
+
 # --- writes -----------------------------------------------------------------------------------
 
 

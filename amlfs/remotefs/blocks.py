@@ -4,7 +4,8 @@ The file is cut into fixed blocks; a read waits for the blocks it touches and co
 them into the bytes it returns. A reader that goes forward (CSV parsers, Parquet scanners that
 read column chunk after column chunk) gets a read-ahead window that doubles on every sequential
 read up to `max_readahead` blocks; a jump elsewhere (a Parquet footer, a random probe) drops the
-window to nothing, so random readers fetch only what they touch.
+window to nothing, so random readers fetch only the blocks they touch, and a small read there
+(up to a quarter block) only its own bytes.
 
 Like fsspec's caching.py, the cache never knows where bytes come from: it is given
 `fetch_into(offset, buf, abort) -> int` and a `submit(fn)` that runs `fn` on some worker
@@ -83,7 +84,10 @@ class BlockReader:
         if start >= end:
             return b""
         first, last = start // self.block_size, (end - 1) // self.block_size
-        inline, wanted = self._plan(start, end, first, last)
+        planned = self._plan(start, end, first, last)
+        if planned is None:
+            return self._fetch_exact(start, end)
+        inline, wanted = planned
         for i, blk in inline:
             self._load(i, blk)
         pieces = []
@@ -112,18 +116,28 @@ class BlockReader:
 
     def _plan(
         self, start: int, end: int, first: int, last: int
-    ) -> tuple[list[tuple[int, _Block]], list[tuple[int, _Block]]]:
+    ) -> tuple[list[tuple[int, _Block]], list[tuple[int, _Block]]] | None:
         """Under the lock: the blocks this read needs (created if missing), which of them the
-        calling thread loads itself, and the read-ahead blocks handed to workers."""
+        calling thread loads itself, and the read-ahead blocks handed to workers. None: a
+        small read away from the last one and not cached, fetched as it is (a Parquet footer
+        needs its 64 KiB, not the 4 MiB block around them)."""
         with self._lock:
             if self._closed:
                 raise ValueError("I/O operation on closed file.")
             gap = start - self._last_end
-            if 0 <= gap <= self.block_size:  # forward from where the last read ended
+            # Forward from where the last read ended, or from the start of the file.
+            if 0 <= gap <= self.block_size or start == 0:
                 self._window = min(self.max_readahead, max(1, self._window * 2))
             else:
                 self._window = 0
             self._last_end = end
+            if (
+                not self._window
+                and end - start <= self.block_size // 4
+                and any(i not in self._blocks for i in range(first, last + 1))
+            ):
+                self.misses += 1
+                return None
             wanted: list[tuple[int, _Block]] = []
             missing: list[tuple[int, _Block]] = []
             for i in range(first, last + 1):
@@ -151,6 +165,18 @@ class BlockReader:
                 if blk.future.set_running_or_notify_cancel():
                     blk.future.set_exception(e)
         return missing[:1], wanted
+
+    def _fetch_exact(self, start: int, end: int) -> bytes:
+        buf = bytearray(end - start)
+        got = self.fetch_into(start, memoryview(buf), Abort())
+        if got != len(buf):
+            raise ShortRead(
+                f"{self.name}: the object ended at {start + got} bytes, before its size"
+                f" {self.size}: it changed while it was read"
+            )
+        with self._lock:
+            self.fetched += got
+        return bytes(buf)
 
     def _evict(self, first: int, last: int) -> None:
         cap = (last - first + 1) + self.keep
