@@ -16,6 +16,7 @@ wall; CPU: amlfs client CPU / adlfs client CPU).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -40,10 +41,11 @@ CASES = ("dataset", "scan")
 CHILD = r"""
 import sys, time
 import pyarrow.dataset as pds
-tool, case, base_url, registry, conn, container, block = sys.argv[1:8]
+import json
+tool, case, base_url, registry, conn, container, options = sys.argv[1:8]
 if tool == "amlfs":
     import fsspec
-    opts = {"block_size": int(block)} if int(block) else {}
+    opts = json.loads(options)
     fs, base = fsspec.core.url_to_fs(base_url, registry=registry, **opts)
 else:
     import adlfs
@@ -103,7 +105,11 @@ def main() -> None:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: amlfs,adlfs")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: dataset,scan")
     ap.add_argument(
-        "--block-mib", type=int, default=0, help="amlfs block_size in MiB (0: its default)"
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=INT",
+        help="an amlfs storage option (block_size, readahead, max_concurrency); repeatable",
     )
     args = ap.parse_args()
     try:
@@ -115,6 +121,10 @@ def main() -> None:
     cases = [c for c in args.cases.split(",") if c]
     if not set(tools) <= set(TOOLS) or not set(cases) <= set(CASES):
         sys.exit(f"fsspec_read: --tools from {','.join(TOOLS)}, --cases from {','.join(CASES)}")
+    try:
+        options = {k: int(v) for k, v in (o.split("=", 1) for o in args.option)}
+    except ValueError:
+        sys.exit("fsspec_read: --option takes NAME=INT, e.g. block_size=8388608")
     files, mib = (8, 8) if args.small else (8, 128)
     az = start_bench_azurite()
     work = tempfile.mkdtemp(prefix="amlfs-bench-fsspec-")
@@ -149,7 +159,7 @@ def main() -> None:
                         registry,
                         conn,
                         container,
-                        str(args.block_mib << 20),
+                        json.dumps(options),
                     ]
                     before = cpu_of(az.proc.pid)
                     t = timed(tool, case, cmd)
@@ -188,7 +198,7 @@ def main() -> None:
             "bytes": nbytes,
             "rows": rows,
             "reps": args.reps,
-            "amlfs_block_size": args.block_mib << 20 or "default",
+            "amlfs_options": options,
             "azurite_cpu": {f"{t}/{c}": v for (t, c), v in server.items()},
             "load": os.getloadavg(),
         }

@@ -259,6 +259,11 @@ def test_a_write_that_raises_leaves_nothing(fs):
             f.write(b"half of the new")
             raise RuntimeError("writer failed")
     assert fs.cat_file(url("keep.txt")) == b"old"
+    with pytest.raises(RuntimeError):
+        with fs.open(url("keep.txt"), "w", encoding="utf-8") as f:
+            f.write("half of the new text")
+            raise RuntimeError("writer failed")
+    assert fs.cat_file(url("keep.txt")) == b"old"
     f = fs.open(url("dropped.txt"), "wb")
     f.write(b"never closed")
     del f

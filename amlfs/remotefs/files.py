@@ -11,6 +11,7 @@ is discarded: nothing is uploaded.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -140,3 +141,15 @@ class RemoteWriteFile(AbstractBufferedFile):
         if (whence, loc) in ((0, self.loc), (1, 0)):
             return self.loc
         raise OSError(errno.ESPIPE, f"{self.path}: a file being written cannot seek")
+
+
+class TextWriteFile(io.TextIOWrapper):
+    """Text mode over a RemoteWriteFile: leaving a `with` block by an exception discards."""
+
+    def __exit__(self, exc_type: Any, *args: Any) -> None:
+        raw = self.buffer
+        if exc_type is not None and isinstance(raw, RemoteWriteFile) and not raw.closed:
+            raw.discard()
+            raw.closed = True  # TextIOWrapper.close() then has nothing to flush or commit
+            return
+        super().__exit__(exc_type, *args)

@@ -33,12 +33,12 @@ from ..backends.base import Backend, BackendError, NotADirectory, NotFound, Obje
 from ..registry import Registry, resolve_registry_path
 from . import paths
 from .errors import os_error
-from .files import RemoteReadFile, RemoteWriteFile
+from .files import RemoteReadFile, RemoteWriteFile, TextWriteFile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_SIZE = 4 << 20
-DEFAULT_READAHEAD = 4  # blocks
+DEFAULT_BLOCK_SIZE = 8 << 20  # the block size amlfs (and azcopy) upload blobs with
+DEFAULT_READAHEAD = 2  # blocks: 16 MiB ahead of a sequential reader
 DEFAULT_CONCURRENCY = 16
 
 
@@ -306,6 +306,23 @@ class AzureMLFileSystem(AbstractFileSystem):
         if mode == "xb" and self.exists(stripped):
             raise FileExistsError(f"{stripped!r} exists")
         return RemoteWriteFile(self, stripped, backend, rel, mode, block, autocommit)
+
+    def open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        cache_options: dict[str, Any] | None = None,
+        compression: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """As fsspec's, but a text-mode write left by an exception uploads nothing either
+        (io.TextIOWrapper would close, and so commit, its buffer on any exit)."""
+        if "b" in mode or "r" in mode or compression is not None:
+            return super().open(path, mode, block_size, cache_options, compression, **kwargs)
+        text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
+        raw = super().open(path, mode.replace("t", "") + "b", block_size, cache_options, **kwargs)
+        return TextWriteFile(raw, **text)
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
