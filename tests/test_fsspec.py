@@ -234,7 +234,25 @@ def test_block_reader_reads_ahead_forward_and_exactly_elsewhere():
     assert len(offsets) == len(set(offsets)) and all(n == 1024 for _, n in fetched)
     assert max(offsets) >= 4 * 1024 and reader.hits > 30
     assert reader._fetch(9000, 9000 + 2048) == data[9000:11048]  # a large jump: blocks
+    # read_buffer (pyarrow's zero-copy read): cached blocks copied, missing ones received in place
+    fetched.clear()
+    got = reader.read_buffer(8000, 14_500)
+    assert isinstance(got, bytearray) and got == data[8000:14_500]
+    assert (14 * 1024, 14_500 - 14 * 1024) in fetched  # only the part of the last block read
+    assert min(o for o, _ in fetched) == 11 * 1024  # blocks 7-10 came from the cache
+    assert reader.read_buffer(14_500, 20_000) == data[14_500:]
     reader.close()
+
+
+def test_read_buffer_of_a_remote_file(fs):
+    data = os.urandom(700_000)
+    fs.pipe_file(url("rb.bin"), data)
+    with fs.open(url("rb.bin"), "rb") as f:
+        assert f.read(1000) == data[:1000]
+        assert f.read_buffer(300_000) == data[1000:301_000]
+        f.seek(650_000)
+        assert f.read_buffer() == data[650_000:]
+        assert f.read_buffer(10) == b""
 
 
 # --- writes -----------------------------------------------------------------------------------

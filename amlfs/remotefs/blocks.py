@@ -102,6 +102,65 @@ class BlockReader:
             raise
         return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
+    def read_buffer(self, start: int, end: int) -> bytes | bytearray:
+        """Like `_fetch`, into one new bytearray, for callers that take any buffer (pyarrow's
+        `read_buffer`): blocks that are cached or in flight are copied in, the missing ones
+        received straight into it and not cached (no copy). Read-ahead is planned as usual."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        first, last = start // self.block_size, (end - 1) // self.block_size
+        planned = self._plan(start, end, first, last, direct=True)
+        if planned is None:
+            return self._fetch_exact(start, end)
+        _, wanted = planned
+        out = bytearray(end - start)
+        view = memoryview(out)
+        cached = {i for i, _ in wanted}
+        missing = [i for i in range(first, last + 1) if i not in cached]
+
+        def direct(i: int) -> None:
+            lo = max(start, i * self.block_size)
+            hi = min(end, (i + 1) * self.block_size)
+            got = self.fetch_into(lo, view[lo - start : hi - start], Abort())
+            if got != hi - lo:
+                raise ShortRead(
+                    f"{self.name}: the object ended at {lo + got} bytes, before its size"
+                    f" {self.size}: it changed while it was read"
+                )
+            with self._lock:
+                self.fetched += got
+
+        futures = []
+        for i in missing[1:]:
+            fut: Future[None] = Future()
+            futures.append(fut)
+            self.submit(lambda i=i, fut=fut: _run_into(fut, lambda: direct(i)))
+        error: BaseException | None = None
+        try:
+            if missing:
+                direct(missing[0])
+        except BaseException as e:
+            error = e
+        for fut in futures:
+            try:
+                fut.result()
+            except BaseException as e:
+                error = error or e
+        try:
+            for i, blk in wanted:
+                block = blk.future.result()
+                lo = max(start, i * self.block_size)
+                hi = min(end, (i + 1) * self.block_size)
+                off = i * self.block_size
+                view[lo - start : hi - start] = block[lo - off : hi - off]
+        except BaseException as e:
+            self._forget_failed(wanted)
+            error = error or e
+        if error is not None:
+            raise error
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -115,12 +174,13 @@ class BlockReader:
     # --- planning and loading ---------------------------------------------------------------
 
     def _plan(
-        self, start: int, end: int, first: int, last: int
+        self, start: int, end: int, first: int, last: int, direct: bool = False
     ) -> tuple[list[tuple[int, _Block]], list[tuple[int, _Block]]] | None:
         """Under the lock: the blocks this read needs (created if missing), which of them the
         calling thread loads itself, and the read-ahead blocks handed to workers. None: a
         small read away from the last one and not cached, fetched as it is (a Parquet footer
-        needs its 64 KiB, not the 4 MiB block around them)."""
+        needs its 64 KiB, not the 8 MiB block around them). `direct`: missing blocks of this
+        read are left out (the caller receives them itself), only existing ones are wanted."""
         with self._lock:
             if self._closed:
                 raise ValueError("I/O operation on closed file.")
@@ -142,6 +202,9 @@ class BlockReader:
             missing: list[tuple[int, _Block]] = []
             for i in range(first, last + 1):
                 blk = self._blocks.get(i)
+                if blk is None and direct:
+                    self.misses += 1
+                    continue
                 if blk is None:
                     blk = self._blocks[i] = _Block()
                     missing.append((i, blk))
@@ -222,3 +285,16 @@ class BlockReader:
 
 
 __all__ = ["Aborted", "BlockReader", "ShortRead"]
+
+
+def _run_into(fut: Future[None], fn: Callable[[], None]) -> None:
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fn()
+    except BaseException as e:
+        fut.set_exception(e)
+        if not isinstance(e, Exception):
+            raise
+        return
+    fut.set_result(None)

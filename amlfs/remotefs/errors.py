@@ -13,29 +13,19 @@ from ..backends.base import (
     NotFound,
 )
 
-_TYPES: list[tuple[type[BackendError], type[OSError]]] = [
-    (NotFound, FileNotFoundError),
-    (Forbidden, PermissionError),
-    (AlreadyExists, FileExistsError),
-    (IsADirectory, IsADirectoryError),
-    (NotADirectory, NotADirectoryError),
+_TYPES: list[tuple[type[BackendError], type[OSError], int]] = [
+    (NotFound, FileNotFoundError, errno.ENOENT),
+    (Forbidden, PermissionError, errno.EACCES),
+    (AlreadyExists, FileExistsError, errno.EEXIST),
+    (IsADirectory, IsADirectoryError, errno.EISDIR),
+    (NotADirectory, NotADirectoryError, errno.ENOTDIR),
 ]
 
 
 def os_error(e: BackendError, path: str | None = None) -> OSError:
     """The OSError for `e`: its errno, its message (with its hint), and the fsspec path."""
     message = f"{e.message}; {e.hint}" if e.hint else e.message
-    for backend_type, os_type in _TYPES:
+    for backend_type, os_type, code in _TYPES:
         if isinstance(e, backend_type):
-            return os_type(os_type_errno(os_type, e), message, path)
+            return os_type(code, message, path)
     return OSError(e.errno or errno.EIO, message, path)
-
-
-def os_type_errno(os_type: type[OSError], e: BackendError) -> int:
-    return {
-        FileNotFoundError: errno.ENOENT,
-        PermissionError: errno.EACCES,
-        FileExistsError: errno.EEXIST,
-        IsADirectoryError: errno.EISDIR,
-        NotADirectoryError: errno.ENOTDIR,
-    }.get(os_type, e.errno)

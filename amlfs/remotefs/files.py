@@ -69,6 +69,17 @@ class RemoteReadFile(AbstractBufferedFile):
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self.cache._fetch(start, end)
 
+    def read_buffer(self, length: int = -1) -> bytes | bytearray:
+        """`read`, returned as a bytearray that pyarrow wraps without copying (its PythonFile
+        prefers `read_buffer` to `read`); bytes missing from the cache are received straight
+        into it."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        length = self.size - self.loc if length is None or length < 0 else int(length)
+        out = self.cache.read_buffer(self.loc, self.loc + length)
+        self.loc += len(out)
+        return out
+
 
 class RemoteWriteFile(AbstractBufferedFile):
     """A file being written ('wb', or 'xb': fails if the file exists, at open and at commit)."""
