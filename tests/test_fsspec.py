@@ -369,3 +369,31 @@ def test_pyarrow_parquet_and_dataset(fs):
     got = dataset.to_table().sort_by("v")
     assert got.num_rows == 30_000 and got["v"].to_pylist() == list(range(30_000))
     assert dataset.to_table(filter=pds.field("part") == 2).num_rows == 10_000
+
+
+# --- the other backends: File share and ADLS Gen2 (the protocol servers of tests/servers) ------
+
+
+@pytest.mark.parametrize("kind", ["fileshare", "adls"])
+def test_file_share_and_adls_datastores(kind, request, tmp_path):
+    config = request.getfixturevalue(f"{kind}_config")
+    registry = write_registry(tmp_path / "datastores.yaml", config)
+    fs = AzureMLFileSystem(registry=registry, skip_instance_cache=True, block_size=64 << 10)
+    base = f"azureml://datastores/{config.name}/paths"
+    data = os.urandom(300_001)
+    with fs.open(f"{base}/d/big.bin", "wb") as f:
+        f.write(data)
+    fs.pipe_file(f"{base}/d/sub/small.txt", b"small")
+    assert fs.ls(f"{base}/d", detail=False) == [f"{config.name}/d/big.bin", f"{config.name}/d/sub"]
+    assert fs.find(f"{base}/d") == [f"{config.name}/d/big.bin", f"{config.name}/d/sub/small.txt"]
+    assert fs.info(f"{base}/d/big.bin")["size"] == len(data)
+    with fs.open(f"{base}/d/big.bin", "rb") as f:
+        assert b"".join(iter(lambda: f.read(7000), b"")) == data
+        f.seek(123_456)
+        assert f.read(1000) == data[123_456:124_456]
+    assert fs.cat_file(f"{base}/d/big.bin", start=-100) == data[-100:]
+    fs.get(f"{base}/d/big.bin", str(tmp_path / "big.bin"))
+    assert (tmp_path / "big.bin").read_bytes() == data
+    fs.rm(f"{base}/d/big.bin")
+    assert not fs.exists(f"{base}/d/big.bin")
+    fs.close()
