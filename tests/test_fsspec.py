@@ -4,6 +4,7 @@ pandas / pyarrow readers going through `azureml://` URLs."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pickle
@@ -110,10 +111,14 @@ def test_pickle_holds_the_registry_path_not_the_secret(fs, registry):
     assert clone.cat_file(url("a.txt")) == b"x"
 
 
-def test_unknown_datastore_is_file_not_found(fs):
+def test_unknown_datastore_is_file_not_found(fs, registry, blob_config):
     with pytest.raises(FileNotFoundError, match="unknown datastore 'nosuch'.*known: "):
         fs.info("azureml://datastores/nosuch/paths/x")
     assert not fs.exists("azureml://datastores/nosuch/paths/x")
+    # A datastore registered after the instance loaded the registry is found.
+    write_registry(registry, dataclasses.replace(blob_config, name="later"))
+    fs.pipe_file("amlfs://later/x", b"1")
+    assert fs.cat_file("azureml://datastores/azblob/paths/x") == b"1"
 
 
 # --- listing ----------------------------------------------------------------------------------

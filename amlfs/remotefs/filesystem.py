@@ -132,6 +132,11 @@ class AzureMLFileSystem(AbstractFileSystem):
             return backend
         reg = self.registry()
         ds = reg.datastores.get(name)
+        if ds is None:  # registered since this instance loaded the registry?
+            with self._lock:
+                self._registry = None
+            reg = self.registry()
+            ds = reg.datastores.get(name)
         if ds is None:
             raise FileNotFoundError(
                 f"unknown datastore {name!r} in {resolve_registry_path(self.registry_path)}"
