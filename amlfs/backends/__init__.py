@@ -19,7 +19,6 @@ from .base import (
     ObjectInfo,
     Transient,
 )
-from .bridge import TrioBackend
 
 __all__ = [
     "Abort",
@@ -35,6 +34,16 @@ __all__ = [
     "TrioBackend",
     "open_backend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # TrioBackend imports trio: loaded on first use, so that synchronous users of the backends
+    # (amlfs.remotefs, the fsspec filesystem inside pandas or Dask workers) never import it.
+    if name == "TrioBackend":
+        from .bridge import TrioBackend
+
+        return TrioBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_backend(
