@@ -11,7 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyfuse3 import ROOT_INODE
 
@@ -164,6 +164,35 @@ class InodeTable:
             node.info = info
             node.fetched = now
         return node
+
+    def set_info(self, node: Node, info: ObjectInfo) -> None:
+        """This mount itself made `info` (a commit, a mkdir): the node keeps its number (an
+        inode is one version of a file, and this version is the one its writer made)."""
+        node.info = info
+        node.fetched = self.clock()
+        if self._by_path.get(info.path) is not node:
+            self._by_path[info.path] = node
+        self._drop_listing(info.path.rpartition("/")[0])
+
+    def move(self, node: Node, info: ObjectInfo) -> None:
+        """A rename made by this mount: `node` keeps its number at `info.path` (the kernel moved
+        its dentry), what was there is unmapped, and a directory's known descendants follow."""
+        old = node.path
+        self._drop_listing(old.rpartition("/")[0])
+        if self._by_path.get(old) is node:
+            del self._by_path[old]
+        self.set_info(node, info)
+        if info.is_dir:
+            prefix = old + "/"
+            for path, child in list(self._by_path.items()):
+                if path.startswith(prefix):
+                    del self._by_path[path]
+                    moved = info.path + path[len(old) :]
+                    child.info = replace(child.info, path=moved)
+                    child.fetched = float("-inf")
+                    self._by_path[moved] = child
+            for path in [p for p in self._listings if p == old or p.startswith(prefix)]:
+                self._drop_listing(path)
 
     def mark_stale(self, node: Node) -> None:
         """Its attributes must be confirmed by the storage before they are used again."""

@@ -1,0 +1,23 @@
+"""Which backends can be written through a mount, and their Writer (the write side lives beside
+each backend: blobwrite.py, localwrite.py)."""
+
+from __future__ import annotations
+
+from .base import Backend, Unsupported, Writer
+
+
+def writer_for(backend: Backend) -> Writer:
+    """The Writer of `backend`; Unsupported for a backend without one (yet)."""
+    from .blob import BlobBackend
+    from .local import LocalBackend
+
+    if isinstance(backend, BlobBackend):
+        from .blobwrite import BlobWriter
+
+        return BlobWriter(backend)
+    if isinstance(backend, LocalBackend):
+        from .localwrite import LocalWriter
+
+        return LocalWriter(backend)
+    raise Unsupported(f"{backend.description} cannot be mounted writable (yet): use --rw only"
+                      " with Blob or local datastores")

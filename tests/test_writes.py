@@ -1,0 +1,203 @@
+"""Writable mounts (`amlfs mount --rw`) on local and Blob (Azurite): every row of SEMANTICS.md's
+"Writable mounts" section against a live mount, checked remotely through the backend."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from amlfs.backends.base import NotFound
+
+from .test_mount import FUSE_OK, Mounts, data
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and fusermount3"),
+]
+
+# the fixtures of test_mount: kind (local, blob), config, backend, mounts
+from .test_mount import backend, config, kind, mounts  # noqa: E402,F401
+
+
+def rw(mounts: Mounts, config, *opts: str, name: str = "mnt") -> Path:
+    staging = mounts.tmp / f"staging-{name}"
+    return mounts.mount(f"{config.name}:", "--rw", "--staging-dir", str(staging), *opts, name=name)
+
+
+def remote(backend, path: str) -> bytes:
+    return backend.read_all(path)
+
+
+def test_new_file_is_invisible_until_close_then_byte_exact(mounts, backend, config):
+    mp = rw(mounts, config)
+    want = data("new", 5 * 64 * 1024 + 17)
+    with open(mp / "new.bin", "wb") as f:
+        f.write(want[:100_000])
+        f.flush()
+        with pytest.raises(NotFound):
+            backend.stat("new.bin")
+        f.write(want[100_000:])
+    info = backend.stat("new.bin")
+    assert info.size == len(want)
+    assert remote(backend, "new.bin") == want
+    if config.type == "blob":
+        assert info.content_md5 == hashlib.md5(want).digest()
+    assert (mp / "new.bin").read_bytes() == want
+
+
+def test_checkpoint_writer_temp_fsync_replace(mounts, backend, config):
+    backend.write_bytes("ckpt/model.pt", b"old checkpoint")
+    mp = rw(mounts, config)
+    want = os.urandom(300_000)
+    tmp = mp / "ckpt" / ".model.pt.tmp"
+    with open(tmp, "wb") as f:
+        f.write(want)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, mp / "ckpt" / "model.pt")
+    assert remote(backend, "ckpt/model.pt") == want
+    with pytest.raises(NotFound):
+        backend.stat("ckpt/.model.pt.tmp")
+    assert (mp / "ckpt" / "model.pt").read_bytes() == want
+    assert sorted(os.listdir(mp / "ckpt")) == ["model.pt"]
+
+
+def test_overwrite_with_o_trunc_and_append(mounts, backend, config):
+    backend.write_bytes("log.txt", b"line 0\n")
+    backend.write_bytes("over.bin", b"x" * 100_000)
+    mp = rw(mounts, config)
+    with open(mp / "over.bin", "wb") as f:
+        f.write(b"short")
+    assert remote(backend, "over.bin") == b"short"
+    for i in range(1, 4):
+        with open(mp / "log.txt", "a") as f:
+            f.write(f"line {i}\n")
+    assert remote(backend, "log.txt") == b"".join(f"line {i}\n".encode() for i in range(4))
+    # A big append: more than one block, after content made by a single Put.
+    extra = data("extra", 3 * 64 * 1024 + 5)
+    with open(mp / "log.txt", "ab") as f:
+        f.write(extra)
+    assert remote(backend, "log.txt").endswith(extra)
+
+
+def test_writer_reads_back_and_random_writes_and_truncate(mounts, backend, config):
+    mp = rw(mounts, config)
+    model = bytearray(data("rand", 200_000))
+    fd = os.open(mp / "r.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, model)
+        assert os.pread(fd, 1000, 70_000) == bytes(model[70_000:71_000])
+        os.pwrite(fd, b"PATCH", 10)  # out of order: staged
+        model[10:15] = b"PATCH"
+        os.pwrite(fd, b"END", 250_000)  # past the end: a hole of zeros
+        model += bytes(250_000 - len(model)) + b"END"
+        assert os.pread(fd, 20, 5) == bytes(model[5:25])
+        os.ftruncate(fd, 150_000)
+        del model[150_000:]
+        os.fsync(fd)
+        assert remote(backend, "r.bin") == bytes(model)
+        os.pwrite(fd, b"again", 0)
+        model[0:5] = b"again"
+    finally:
+        os.close(fd)
+    assert remote(backend, "r.bin") == bytes(model)
+    os.truncate(mp / "r.bin", 7)  # truncate of a closed file
+    assert remote(backend, "r.bin") == bytes(model[:7])
+
+
+def test_mkdir_rmdir_unlink_rename(mounts, backend, config, kind):
+    backend.write_bytes("a/f", b"f")
+    mp = rw(mounts, config)
+    os.mkdir(mp / "d")
+    assert backend.stat("d").is_dir
+    assert (mp / "d").is_dir()
+    with pytest.raises(FileExistsError):
+        os.mkdir(mp / "d")
+    (mp / "d" / "x").write_bytes(b"x")
+    with pytest.raises(OSError) as e:
+        os.rmdir(mp / "d")
+    assert e.value.errno == errno.ENOTEMPTY
+    os.unlink(mp / "d" / "x")
+    with pytest.raises(NotFound):
+        backend.stat("d/x")
+    os.rmdir(mp / "d")
+    with pytest.raises(NotFound):
+        backend.stat("d")
+    os.rename(mp / "a" / "f", mp / "a" / "g")
+    assert remote(backend, "a/g") == b"f"
+    with pytest.raises(NotFound):
+        backend.stat("a/f")
+    assert (mp / "a" / "g").read_bytes() == b"f"
+    if kind == "blob":
+        with pytest.raises(OSError) as e:
+            os.rename(mp / "a", mp / "b")
+        assert e.value.errno == errno.EXDEV
+    else:
+        os.rename(mp / "a", mp / "b")
+        assert remote(backend, "b/g") == b"f"
+
+
+def test_chmod_chown_utime_accepted(mounts, backend, config):
+    mp = rw(mounts, config)
+    p = mp / "f"
+    p.write_bytes(b"data")
+    os.chmod(p, 0o600)
+    os.chown(p, os.getuid(), os.getgid())
+    os.utime(p, (1_000_000, 1_000_000))
+    assert remote(backend, "f") == b"data"
+
+
+def test_two_writers_of_one_name_one_gets_estale(mounts, backend, config):
+    a = rw(mounts, config, name="a")
+    b = rw(mounts, config, name="b")
+    fa = open(a / "same", "wb")
+    fb = open(b / "same", "wb")
+    fa.write(b"from a")
+    fb.write(b"from b")
+    fa.close()
+    with pytest.raises(OSError) as e:
+        fb.close()
+    assert e.value.errno == errno.ESTALE
+    assert remote(backend, "same") == b"from a"
+
+
+def test_read_only_mount_still_refuses_writes(mounts, backend, config):
+    mp = mounts.mount(f"{config.name}:")
+    with pytest.raises(OSError) as e:
+        (mp / "f").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        os.mkdir(mp / "d")
+    assert e.value.errno == errno.EROFS
+
+
+def test_cp_r_rsync_a_tar_x_into_the_mount(mounts, backend, config, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(70_000), "sub/deep/c": b""}
+    for k, v in files.items():
+        (src / k).write_bytes(v)
+    mp = rw(mounts, config)
+    r = subprocess.run(["cp", "-rp", str(src), str(mp / "cp")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if shutil.which("rsync"):
+        r = subprocess.run(
+            ["rsync", "-a", f"{src}/", str(mp / "rs")], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+    tarball = tmp_path / "t.tar"
+    with tarfile.open(tarball, "w") as t:
+        t.add(src, arcname="tx")
+    r = subprocess.run(["tar", "xf", str(tarball), "-C", str(mp)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for top in ["cp", "tx"] + (["rs"] if shutil.which("rsync") else []):
+        for k, v in files.items():
+            assert remote(backend, f"{top}/{k}") == v, (top, k)
