@@ -9,11 +9,11 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
+from amlfs.backends import open_backend
 from amlfs.backends.base import NotFound
 
 from .test_mount import FUSE_OK, Mounts, data
@@ -23,8 +23,29 @@ pytestmark = [
     pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and fusermount3"),
 ]
 
-# the fixtures of test_mount: kind (local, blob), config, backend, mounts
-from .test_mount import backend, config, kind, mounts  # noqa: E402,F401
+
+@pytest.fixture(params=["local", "blob"])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def config(kind, request):
+    return request.getfixturevalue("local_config" if kind == "local" else "blob_config")
+
+
+@pytest.fixture
+def backend(config):
+    b = open_backend(config)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def mounts(tmp_path, config):
+    m = Mounts(tmp_path, config)
+    yield m
+    m.cleanup()
 
 
 def rw(mounts: Mounts, config, *opts: str, name: str = "mnt") -> Path:

@@ -515,9 +515,7 @@ class Writer(ABC):
     renames_directories: bool = False
 
     @abstractmethod
-    def open_upload(
-        self, path: str, *, etag: str | None, keep: ObjectInfo | None = None
-    ) -> Upload:
+    def open_upload(self, path: str, *, etag: str | None, keep: ObjectInfo | None = None) -> Upload:
         """An upload of file `path`: a new name (`etag` None: committed only if still free) or
         an overwrite of the version `etag` (committed only if still that version). `keep`: the
         existing object (of ETag `etag`) whose content comes first (append)."""

@@ -129,9 +129,13 @@ class BlobUpload(Upload):
                 ),
             )
         except AlreadyExists:
-            raise Changed(f"{self.path!r} was created by someone else meanwhile", self.path) from None
+            raise Changed(
+                f"{self.path!r} was created by someone else meanwhile", self.path
+            ) from None
         except Changed:
-            raise Changed(f"{self.path!r} changed remotely since it was opened", self.path) from None
+            raise Changed(
+                f"{self.path!r} changed remotely since it was opened", self.path
+            ) from None
         self.etag = quoted_etag(resp.get("etag"))
         # Later commits keep what this one committed: the kept blocks are all of them now.
         self._kept = ids
@@ -182,7 +186,10 @@ class BlobWriter(Writer):
         if props is None:
             raise NotFound(f"no such directory: {rel!r}", rel)
         bc = self.backend._cc.get_blob_client(rel)
-        self.call(rel, lambda: bc.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified))
+        self.call(
+            rel,
+            lambda: bc.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified),
+        )
 
     def unlink(self, path: str) -> None:
         self.backend.delete(path)
@@ -195,7 +202,10 @@ class BlobWriter(Writer):
         sbc, dbc = cc.get_blob_client(s), cc.get_blob_client(d)
         cond: dict[str, Any] = {}
         if src.etag:
-            cond = {"source_etag": src.etag, "source_match_condition": MatchConditions.IfNotModified}
+            cond = {
+                "source_etag": src.etag,
+                "source_match_condition": MatchConditions.IfNotModified,
+            }
         self.call(s, lambda: dbc.start_copy_from_url(sbc.url, requires_sync=None, **cond))
         deadline = time.monotonic() + COPY_WAIT
         delay = 0.05
@@ -226,4 +236,3 @@ class BlobWriter(Writer):
             timestamp(props.last_modified),
             bytes(md5) if md5 else None,
         )
-

@@ -166,5 +166,3 @@ class LocalWriter(Writer):
                 raise NotEmpty(f"directory not empty: {d!r}", d) from None
             raise _map_oserror(e, s) from None
         return self.backend.stat(d)
-
-

@@ -19,5 +19,7 @@ def writer_for(backend: Backend) -> Writer:
         from .localwrite import LocalWriter
 
         return LocalWriter(backend)
-    raise Unsupported(f"{backend.description} cannot be mounted writable (yet): use --rw only"
-                      " with Blob or local datastores")
+    raise Unsupported(
+        f"{backend.description} cannot be mounted writable (yet): use --rw only"
+        " with Blob or local datastores"
+    )

@@ -108,9 +108,7 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     type=click.Path(file_okay=False),
     help="--rw: where out-of-order writes are staged (default $XDG_CACHE_HOME/amlfs/staging).",
 )
-@click.option(
-    "--staging-size", metavar="SIZE", help="--rw: disk for staging files (default 4GiB)."
-)
+@click.option("--staging-size", metavar="SIZE", help="--rw: disk for staging files (default 4GiB).")
 @click.option(
     "--commit-timeout", metavar="SECONDS", help="--rw: bound on one commit (default 600)."
 )

@@ -92,9 +92,7 @@ def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo
 FSNAME_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
-def fuse_options(
-    ds: DatastoreConfig, path: str, extra: list[str], rw: bool = False
-) -> set[str]:
+def fuse_options(ds: DatastoreConfig, path: str, extra: list[str], rw: bool = False) -> set[str]:
     # libfuse splits options at commas and honours backslash escapes.
     source = quote(f"{ds.name}:{path}", safe=FSNAME_SAFE)
     source = source.replace("\\", "\\\\").replace(",", "\\,")
@@ -280,7 +278,9 @@ async def _serve(
         if drain is not None:
             lost = await drain()
             if lost:
-                log.error("%d file(s) were not committed: %s", len(lost), ", ".join(map(repr, lost)))
+                log.error(
+                    "%d file(s) were not committed: %s", len(lost), ", ".join(map(repr, lost))
+                )
         nursery.cancel_scope.cancel()
 
 

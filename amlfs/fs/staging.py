@@ -141,5 +141,3 @@ class StagingArea:
 
     def snapshot(self) -> dict[str, int]:
         return {"capacity": self.capacity, "used": self.used, "peak": self.peak}
-
-

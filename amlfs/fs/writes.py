@@ -473,4 +473,3 @@ class WriteHandle:
         if self.tee is not None:
             self.tee.close()
             self.tee = None
-
