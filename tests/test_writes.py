@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +52,14 @@ def mounts(tmp_path, config):
     m.cleanup()
 
 
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("AMLFS_SLOW"), reason="slow: set AMLFS_SLOW=1"),
+]
+
+
 def rw(mounts: Mounts, config, *opts: str, name: str = "mnt") -> Path:
-    staging = mounts.tmp / f"staging-{name}"
+    staging = mounts.tmp / "staging"  # shared: a later daemon sees what an earlier one left
     return mounts.mount(f"{config.name}:", "--rw", "--staging-dir", str(staging), *opts, name=name)
 
 
@@ -222,3 +232,172 @@ def test_cp_r_rsync_a_tar_x_into_the_mount(mounts, backend, config, tmp_path):
     for top in ["cp", "tx"] + (["rs"] if shutil.which("rsync") else []):
         for k, v in files.items():
             assert remote(backend, f"{top}/{k}") == v, (top, k)
+
+
+def _facts(mp: Path) -> dict:
+    return json.loads((mp / ".__amlfs_stats__").read_bytes())
+
+
+def _write_big(path: Path, size: int, piece: int = 1 << 20) -> bytes:
+    """Write `size` pseudo-random bytes sequentially; their MD5."""
+    md5 = hashlib.md5()
+    chunk = os.urandom(piece)
+    with open(path, "wb", buffering=0) as f:
+        done = 0
+        while done < size:
+            n = min(piece, size - done)
+            b = chunk[:n] if done % (3 * piece) else os.urandom(n)
+            f.write(b)
+            md5.update(b)
+            done += n
+    return md5.digest()
+
+
+def _remote_md5(backend, path: str, size: int) -> bytes:
+    md5 = hashlib.md5()
+    for off in range(0, size, 8 << 20):
+        md5.update(backend.read_range(path, off, min(8 << 20, size - off)))
+    return md5.digest()
+
+
+@pytest.mark.parametrize(
+    "size", [256 << 20, pytest.param(2 << 30, marks=SLOW, id="2GiB")]
+)
+def test_large_sequential_file_within_a_small_write_budget(mounts, backend, config, size):
+    budget = 16 << 20 if size <= 256 << 20 else 64 << 20
+    mp = rw(
+        mounts,
+        config,
+        "--block-size",
+        "4M",
+        "--cache-size",
+        "64M",
+        "--write-buffer-size",
+        str(budget),
+        "--staging-size",
+        "8M",  # sequential writes need no staging: a small staging budget changes nothing
+    )
+    digest = _write_big(mp / "big.bin", size)
+    facts = _facts(mp)["writes"]
+    assert 0 < facts["buffers"]["peak"] <= budget
+    assert facts["buffers"]["used"] == 0
+    info = backend.stat("big.bin")
+    assert info.size == size
+    if config.type == "blob":
+        assert info.content_md5 == digest  # the service checked it against every block's MD5
+    assert _remote_md5(backend, "big.bin", size) == digest
+
+
+def test_log_appended_while_another_process_tails_it(mounts, backend, config):
+    mp = rw(mounts, config, name="w")
+    reader = mounts.mount(f"{config.name}:", "--attr-timeout", "0", name="r")
+    lines = [f"step {i} loss {1 / (i + 1):.4f}\n" for i in range(20)]
+    tail = subprocess.Popen(
+        [sys.executable, "-c", TAILER, str(reader / "train.log"), str(len(lines))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with open(mp / "train.log", "a") as f:
+            for line in lines:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())  # each line committed: visible to readers elsewhere
+        out, _ = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert out == "".join(lines)
+    assert remote(backend, "train.log") == "".join(lines).encode()
+
+
+# Follows a file through a read-only mount of the same storage until it has `n` lines.
+TAILER = """
+import os, sys, time
+path, want = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 50
+seen = b""
+while seen.count(b"\\n") < want and time.monotonic() < deadline:
+    try:
+        with open(path, "rb") as f:
+            f.seek(len(seen))
+            seen += f.read()
+    except FileNotFoundError:
+        pass
+    time.sleep(0.05)
+sys.stdout.write(seen.decode())
+"""
+
+
+def test_kill_9_mid_write_leaves_the_old_object_or_nothing(mounts, backend, config):
+    backend.write_bytes("model.pt", b"old model")
+    mp = rw(mounts, config, "--block-size", "64K")
+    pid = mounts.pids[-1]
+    f_old = open(mp / "model.pt", "wb")
+    f_new = open(mp / "fresh.pt", "wb")
+    for f in (f_old, f_new):
+        f.write(os.urandom(5 * 64 * 1024 + 3))  # some parts already sent as blocks
+        f.flush()
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone_pid(pid, 10)
+    for f in (f_old, f_new):
+        with pytest.raises(OSError):
+            f.close()
+    assert remote(backend, "model.pt") == b"old model"
+    with pytest.raises(NotFound):
+        backend.stat("fresh.pt")
+    subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    # The next daemon names what the dead one staged and never uploaded.
+    mp2 = rw(mounts, config, name="again")
+    assert mp2.is_dir()
+    log = (mounts.tmp / "again.log").read_text()
+    assert "'fresh.pt' was being written by mount daemon" in log
+    assert "'model.pt' was being written by mount daemon" in log
+
+
+def _wait_gone_pid(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_full_staging_budget_is_enospc(mounts, backend, config):
+    mp = rw(mounts, config, "--staging-size", "1M", "--block-size", "64K")
+    fd = os.open(mp / "s.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"a" * (3 << 20))  # sequential: streamed, the budget is not needed
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"b", 0)  # out of order: needs the whole file staged
+        assert e.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert remote(backend, "s.bin") == b"a" * (3 << 20)  # what was written sequentially stands
+    # A file that fits is staged and uploaded.
+    fd = os.open(mp / "fits.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"x" * 1000)
+    os.pwrite(fd, b"y", 0)
+    os.close(fd)
+    assert remote(backend, "fits.bin") == b"y" + b"x" * 999
+
+
+def test_sigterm_commits_files_still_open(mounts, backend, config):
+    mp = rw(mounts, config, "--unmount-timeout", "30")
+    pid = mounts.pids[-1]
+    f = open(mp / "open.bin", "wb")
+    f.write(b"still open at SIGTERM")
+    f.flush()
+    os.kill(pid, signal.SIGTERM)
+    assert _wait_gone_pid(pid, 40)
+    try:
+        f.close()
+    except OSError:
+        pass  # the mount is gone; the daemon committed on its way out
+    assert remote(backend, "open.bin") == b"still open at SIGTERM"
+
+
