@@ -401,3 +401,16 @@ def test_sigterm_commits_files_still_open(mounts, backend, config):
     assert remote(backend, "open.bin") == b"still open at SIGTERM"
 
 
+
+
+def test_semantics_rows_name_live_tests():
+    """Every row of SEMANTICS.md's writable-mount table names a test that exists."""
+    import re
+
+    from . import test_writes_model
+
+    text = (Path(__file__).resolve().parent.parent / "SEMANTICS.md").read_text()
+    rows = re.findall(r"^\| rw: .*\| `(test_\w+)` \|$", text, re.M)
+    assert len(rows) >= 15
+    for name in rows:
+        assert callable(globals().get(name) or getattr(test_writes_model, name, None)), name
