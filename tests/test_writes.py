@@ -312,7 +312,7 @@ def test_log_appended_while_another_process_tails_it(mounts, backend, config):
 
 # Follows a file through a read-only mount of the same storage until it has `n` lines.
 TAILER = """
-import os, sys, time
+import errno, os, sys, time
 path, want = sys.argv[1], int(sys.argv[2])
 deadline = time.monotonic() + 50
 seen = b""
@@ -323,6 +323,9 @@ while seen.count(b"\\n") < want and time.monotonic() < deadline:
             seen += f.read()
     except FileNotFoundError:
         pass
+    except OSError as e:  # opened just as a new version landed: look it up again (tail -F)
+        if e.errno != errno.ESTALE:
+            raise
     time.sleep(0.05)
 sys.stdout.write(seen.decode())
 """

@@ -503,6 +503,12 @@ class Upload(ABC):
         bytes in all; `md5` (of the whole object) is stored and checked where the service can.
         Raises Changed when the name was taken (new file) or the object changed (overwrite)."""
 
+    def put(self, data: bytes, md5: bytes) -> ObjectInfo:
+        """The whole object in one request, when nothing was staged or kept (a small file):
+        conditional like `commit`. This default stages one part and commits it."""
+        self.stage(0, 0, data)
+        return self.commit([0], len(data), md5)
+
     def discard(self) -> None:  # noqa: B027 - optional: staged parts the service drops itself
         """Forget what was staged (the name keeps what it had)."""
 

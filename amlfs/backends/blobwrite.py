@@ -81,13 +81,11 @@ class BlobUpload(Upload):
         lengths = {len(i) for i in ids}
         if ids and sum(b.size for b in committed) == keep.size and len(lengths) == 1:
             n = lengths.pop()
-            if 16 <= n <= 64:
+            # Parts staged before this was learnt have ids of our length: keep to it then.
+            if 16 <= n <= 64 and (not self._ids or n == self._id_len):
                 self._id_len = n
                 self._kept = ids
                 return ids
-        if self._ids:
-            # Parts staged with ids of another length cannot join the existing blocks.
-            raise BackendError(f"{self.path!r}: cannot append: unusual block ids", self.path)
         kept = []
         for j, off in enumerate(range(0, keep.size, RESTAGE_PIECE)):
             n = min(RESTAGE_PIECE, keep.size - off)
@@ -110,16 +108,60 @@ class BlobUpload(Upload):
         if self.keep is not None and self.keep.size:
             self._kept_ids()
 
+    def _conditions(self) -> dict[str, Any]:
+        if self.etag is None:
+            return {"match_condition": MatchConditions.IfMissing}
+        return {"etag": self.etag, "match_condition": MatchConditions.IfNotModified}
+
+    def _done(self, resp: dict[str, Any], size: int, md5: bytes | None) -> ObjectInfo:
+        self.etag = quoted_etag(resp.get("etag"))
+        return ObjectInfo(
+            path=self.path,
+            is_dir=False,
+            size=size,
+            etag=self.etag,
+            mtime=timestamp(resp.get("last_modified")) or time.time(),
+            content_md5=md5,
+        )
+
+    def put(self, data: bytes, md5: bytes) -> ObjectInfo:
+        """One Put Blob with its Content-MD5 (the service checks it), conditional."""
+        if self._kept or (self.keep is not None and self.keep.size) or self._ids:
+            return super().put(data, md5)
+        cond = self._conditions()
+        try:
+            resp = self.w.call(
+                self.path,
+                lambda: self._bc.upload_blob(
+                    data,
+                    length=len(data),
+                    overwrite=self.etag is not None,
+                    content_settings=ContentSettings(content_md5=bytearray(md5)),
+                    max_concurrency=1,
+                    **({} if self.etag is None else cond),
+                ),
+            )
+        except AlreadyExists:
+            raise Changed(
+                f"{self.path!r} was created by someone else meanwhile", self.path
+            ) from None
+        except Changed:
+            raise Changed(
+                f"{self.path!r} changed remotely since it was opened", self.path
+            ) from None
+        info = self._done(resp, len(data), md5)
+        # A later commit (more writes after this fsync) must restage this blob as blocks.
+        self.keep = info
+        self._kept = None
+        return info
+
     def commit(self, parts: list[int], size: int, md5: bytes | None = None) -> ObjectInfo:
         ids = self._kept_ids() + [self._ids[i] for i in parts]
         if len(ids) > MAX_BLOCKS:
             raise BackendError(
                 f"{self.path!r}: more than {MAX_BLOCKS} blocks (too many small fsyncs)", self.path
             )
-        if self.etag is None:
-            cond: dict[str, Any] = {"match_condition": MatchConditions.IfMissing}
-        else:
-            cond = {"etag": self.etag, "match_condition": MatchConditions.IfNotModified}
+        cond = self._conditions()
         settings = ContentSettings(content_md5=bytearray(md5)) if md5 else ContentSettings()
         try:
             resp = self.w.call(
@@ -136,19 +178,12 @@ class BlobUpload(Upload):
             raise Changed(
                 f"{self.path!r} changed remotely since it was opened", self.path
             ) from None
-        self.etag = quoted_etag(resp.get("etag"))
+        info = self._done(resp, size, md5)
         # Later commits keep what this one committed: the kept blocks are all of them now.
         self._kept = ids
         self._ids = {}
-        self.keep = ObjectInfo(self.path, False, size, self.etag)
-        return ObjectInfo(
-            path=self.path,
-            is_dir=False,
-            size=size,
-            etag=self.etag,
-            mtime=timestamp(resp.get("last_modified")) or time.time(),
-            content_md5=md5,
-        )
+        self.keep = info
+        return info
 
 
 class BlobWriter(Writer):

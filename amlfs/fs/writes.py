@@ -389,6 +389,8 @@ class WriteHandle:
     async def _commit(self) -> ObjectInfo:
         if self.staged:
             return await self._commit_staged()
+        if self._upload is None and self.keep is None and self._md5 is not None:
+            return await self._put_whole()
         if self._buf or self._upload is None:
             if self._buf:
                 await self._ship(len(self._buf))
@@ -404,14 +406,38 @@ class WriteHandle:
         self._parts = []
         return info
 
+    async def _put_whole(self) -> ObjectInfo:
+        """A file that fits one block and was never shipped: one request (Blob: Put Blob).
+        Later writes after this commit go to an upload keeping what it made."""
+        data = bytes(self._buf)
+        assert self._md5 is not None
+        md5 = self._md5.digest()
+        upload = await self._open_upload(None)
+        info = await self._retrying_commit(
+            lambda: self.ctx.backend.call(upload.put, data, md5), md5
+        )
+        self.ctx.budget.give(len(self._buf))
+        self._buf = bytearray()
+        self._upload = upload
+        self._shipped_end = self.size
+        self.ctx.count("bytes_written", len(data))
+        return info
+
     async def _commit_upload(
         self, upload: Upload, parts: list[int], md5: bytes | None
     ) -> ObjectInfo:
+        return await self._retrying_commit(
+            lambda: self.ctx.backend.call(upload.commit, parts, self.size, md5), md5
+        )
+
+    async def _retrying_commit(self, fn: Callable[[], Any], md5: bytes | None) -> ObjectInfo:
+        """A commit, retried after transient failures; a retry refused as a conflict may be
+        the earlier try having been applied: the object is then checked (size and MD5)."""
         size = self.size
         tries = 0
         while True:
             try:
-                return await self.ctx.backend.call(upload.commit, parts, size, md5)
+                return await fn()
             except Transient as e:
                 tries += 1
                 delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**tries) * random.uniform(0.5, 1.0)
