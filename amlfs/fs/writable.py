@@ -305,6 +305,8 @@ class WritableOperations(Operations):
         finally:
             if self._writers.get(h.path) is h:
                 del self._writers[h.path]
+                if h.etag is None:  # a new file that was never committed: it is not there
+                    self._forget_path(h.path)
             await h.close()
 
     # --- attributes that change ------------------------------------------------------------------
@@ -363,6 +365,7 @@ class WritableOperations(Operations):
             raise FUSEError(errno.EEXIST) from None
         node = self.table.update(info)
         self.table.set_info(node, info)
+        self.table.store_listing(path, [], self.table.clock())  # new: empty, known
         node.lookups += 1
         return self.attributes(node)
 
@@ -399,7 +402,7 @@ class WritableOperations(Operations):
         if node is not None:
             self.table.drop(node)
         self.table.drop_listing(path)
-        self.table.drop_listing(path.rpartition("/")[0])
+        self.table.patch_listing(path, None)
 
     @handler("rename")
     async def rename(
@@ -439,9 +442,8 @@ class WritableOperations(Operations):
                 self.table.drop(old_dst)
             self.table.move(node, new)
         else:
-            self._forget_path(dst)
-        self.table.drop_listing(src.rpartition("/")[0])
-        self.table.drop_listing(dst.rpartition("/")[0])
+            self._forget_path(src)
+            self.table.patch_listing(dst, new)
         self.stats.incr("renames")
 
     # --- still refused ---------------------------------------------------------------------------
