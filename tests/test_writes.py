@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from amlfs.backends import open_backend
 from amlfs.backends.base import NotFound
+from amlfs.registry import BLOB, datastore_to_dict
 
 from .test_mount import FUSE_OK, Mounts, data
 
@@ -28,14 +30,26 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["local", "blob"])
+KINDS = {"local": "local_config", "blob": "blob_config", "adls": "adls_config"}
+
+
+class RwMounts(Mounts):
+    """Mounts whose registry can name any datastore type (the ADLS server's too)."""
+
+    def __init__(self, tmp_path: Path, config):
+        super().__init__(tmp_path, config)
+        doc = {"default_datastore": config.name, "datastores": [datastore_to_dict(config)]}
+        self.registry.write_text(yaml.safe_dump(doc))
+
+
+@pytest.fixture(params=list(KINDS))
 def kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
 def config(kind, request):
-    return request.getfixturevalue("local_config" if kind == "local" else "blob_config")
+    return request.getfixturevalue(KINDS[kind])
 
 
 @pytest.fixture
@@ -47,7 +61,7 @@ def backend(config):
 
 @pytest.fixture
 def mounts(tmp_path, config):
-    m = Mounts(tmp_path, config)
+    m = RwMounts(tmp_path, config)
     yield m
     m.cleanup()
 
@@ -79,7 +93,7 @@ def test_new_file_is_invisible_until_close_then_byte_exact(mounts, backend, conf
     info = backend.stat("new.bin")
     assert info.size == len(want)
     assert remote(backend, "new.bin") == want
-    if config.type == "blob":
+    if config.type == BLOB:
         assert info.content_md5 == hashlib.md5(want).digest()
     assert (mp / "new.bin").read_bytes() == want
 
@@ -260,9 +274,7 @@ def _remote_md5(backend, path: str, size: int) -> bytes:
     return md5.digest()
 
 
-@pytest.mark.parametrize(
-    "size", [256 << 20, pytest.param(2 << 30, marks=SLOW, id="2GiB")]
-)
+@pytest.mark.parametrize("size", [256 << 20, pytest.param(2 << 30, marks=SLOW, id="2GiB")])
 def test_large_sequential_file_within_a_small_write_budget(mounts, backend, config, size):
     budget = 16 << 20 if size <= 256 << 20 else 64 << 20
     mp = rw(
@@ -283,7 +295,7 @@ def test_large_sequential_file_within_a_small_write_budget(mounts, backend, conf
     assert facts["buffers"]["used"] == 0
     info = backend.stat("big.bin")
     assert info.size == size
-    if config.type == "blob":
+    if config.type == BLOB:
         assert info.content_md5 == digest  # the service checked it against every block's MD5
     assert _remote_md5(backend, "big.bin", size) == digest
 
@@ -402,8 +414,6 @@ def test_sigterm_commits_files_still_open(mounts, backend, config):
     except OSError:
         pass  # the mount is gone; the daemon committed on its way out
     assert remote(backend, "open.bin") == b"still open at SIGTERM"
-
-
 
 
 def test_semantics_rows_name_live_tests():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from amlfs.backends import open_backend
 
-from .test_mount import FUSE_OK, Mounts
+from .test_mount import FUSE_OK
+from .test_writes import KINDS, RwMounts
 
 pytestmark = [
     pytest.mark.fuse,
@@ -33,12 +34,10 @@ ops = st.one_of(
 )
 
 
-@pytest.fixture(params=["local", "blob"])
+@pytest.fixture(params=list(KINDS))
 def setup(request, tmp_path):
-    config = request.getfixturevalue(
-        "local_config" if request.param == "local" else "blob_config"
-    )
-    m = Mounts(tmp_path, config)
+    config = request.getfixturevalue(KINDS[request.param])
+    m = RwMounts(tmp_path, config)
     mp = m.mount(
         f"{config.name}:", "--rw", "--block-size", "4K", "--staging-dir", str(tmp_path / "stg")
     )

@@ -8,6 +8,7 @@ from .base import Backend, Unsupported, Writer
 
 def writer_for(backend: Backend) -> Writer:
     """The Writer of `backend`; Unsupported for a backend without one (yet)."""
+    from .adls import AdlsBackend
     from .blob import BlobBackend
     from .local import LocalBackend
 
@@ -15,11 +16,15 @@ def writer_for(backend: Backend) -> Writer:
         from .blobwrite import BlobWriter
 
         return BlobWriter(backend)
+    if isinstance(backend, AdlsBackend):
+        from .adlswrite import AdlsWriter
+
+        return AdlsWriter(backend)
     if isinstance(backend, LocalBackend):
         from .localwrite import LocalWriter
 
         return LocalWriter(backend)
     raise Unsupported(
-        f"{backend.description} cannot be mounted writable (yet): use --rw only"
-        " with Blob or local datastores"
+        f"{backend.description} cannot be mounted writable (yet): use --rw with Blob,"
+        " ADLS Gen2 or local datastores"
     )

@@ -201,7 +201,7 @@ class WriteHandle:
         self.ctx.budget.give(len(self._buf))
         self._buf = bytearray()
         if self._upload is not None:
-            self._upload.discard()
+            self._discard(self._upload)
             self._upload = None
         self._parts = []
         self.keep = None
@@ -281,6 +281,17 @@ class WriteHandle:
     async def _wait_idle(self) -> None:
         await self._idle.wait()
 
+    def _discard(self, upload: Upload) -> None:
+        """Forget an upload's uncommitted parts, in the background (it may take a request)."""
+
+        async def run() -> None:
+            try:
+                await self.ctx.backend.call(upload.discard)
+            except Exception as e:
+                log.warning("%r: could not discard an upload: %s", self.path, e)
+
+        self.ctx.nursery.start_soon(run)
+
     async def _open_upload(self, keep: ObjectInfo | None) -> Upload:
         w = self.ctx.writer
 
@@ -337,7 +348,7 @@ class WriteHandle:
         self.ctx.budget.give(len(self._buf))
         self._buf = bytearray()
         if self._upload is not None:
-            self._upload.discard()  # parts staged so far are never committed
+            self._discard(self._upload)  # parts staged so far are never committed
             self._upload = None
         self._parts = []
         self._md5 = None
@@ -478,10 +489,10 @@ class WriteHandle:
             self.ctx.nursery.start_soon(self._stage_part, upload, i, off, data)
         await self._wait_idle()
         if self._error is not None:
-            upload.discard()
+            self._discard(upload)
             raise self._error
         info = await self._commit_upload(upload, parts, md5.digest())
-        upload.discard()
+        self._discard(upload)
         return info
 
     # --- closing ---------------------------------------------------------------------------------
@@ -494,7 +505,7 @@ class WriteHandle:
         self.ctx.budget.give(len(self._buf))
         self._buf = bytearray()
         if self._upload is not None and self._inflight == 0:
-            self._upload.discard()
+            self._discard(self._upload)
         self._upload = None
         if self.tee is not None:
             self.tee.close()
