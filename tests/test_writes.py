@@ -30,7 +30,12 @@ pytestmark = [
 ]
 
 
-KINDS = {"local": "local_config", "blob": "blob_config", "adls": "adls_config"}
+KINDS = {
+    "local": "local_config",
+    "blob": "blob_config",
+    "adls": "adls_config",
+    "fileshare": "fileshare_config",
+}
 
 
 class RwMounts(Mounts):

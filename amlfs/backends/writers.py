@@ -10,6 +10,7 @@ def writer_for(backend: Backend) -> Writer:
     """The Writer of `backend`; Unsupported for a backend without one (yet)."""
     from .adls import AdlsBackend
     from .blob import BlobBackend
+    from .fileshare import FileShareBackend
     from .local import LocalBackend
 
     if isinstance(backend, BlobBackend):
@@ -20,6 +21,10 @@ def writer_for(backend: Backend) -> Writer:
         from .adlswrite import AdlsWriter
 
         return AdlsWriter(backend)
+    if isinstance(backend, FileShareBackend):
+        from .sharewrite import ShareWriter
+
+        return ShareWriter(backend)
     if isinstance(backend, LocalBackend):
         from .localwrite import LocalWriter
 
