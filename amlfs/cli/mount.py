@@ -157,7 +157,7 @@ def mount(
     config_stdin: bool,
 ) -> None:
     """Mount a datastore (or a directory of it) at MOUNTPOINT: read-only, or writable with
-    --rw (Blob and local datastores; see SEMANTICS.md for what a writable mount guarantees).
+    --rw (see SEMANTICS.md for what a writable mount guarantees).
 
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
