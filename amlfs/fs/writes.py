@@ -25,6 +25,7 @@ import errno
 import hashlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,8 @@ class WriteHandle:
         self.opens = 1  # file handles sharing this write handle
         self._lock = trio.Lock()
         # stream mode
-        self._buf = bytearray()
+        self._buf = _Buffer()
+        self._hashed: trio.Event | None = None  # set once the last part shipped is hashed
         self._upload: Upload | None = None
         self._parts: list[int] = []
         self._next_part = 0
@@ -177,10 +179,8 @@ class WriteHandle:
                 self._drop_tee(e)
         n = len(data)
         await self.ctx.budget.take(n)
-        self._buf += data
+        self._buf.add(data)
         self.size += n
-        if self._md5 is not None:
-            self._md5.update(data)
         block = self.ctx.block_size
         while len(self._buf) >= block:
             await self._ship(block)
@@ -198,8 +198,8 @@ class WriteHandle:
     async def _restart_empty(self) -> None:
         """O_TRUNC (or truncate to 0) while streaming: start over, nothing kept."""
         await self._wait_idle()
-        self.ctx.budget.give(len(self._buf))
-        self._buf = bytearray()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
         if self._upload is not None:
             self._discard(self._upload)
             self._upload = None
@@ -223,8 +223,7 @@ class WriteHandle:
             self._upload = await self._open_upload(self.keep)
         while self._inflight >= PARTS_IN_FLIGHT:
             await self._idle_one()
-        chunk = bytes(self._buf[:n])
-        del self._buf[:n]
+        chunk = self._buf.take(n)
         index = self._next_part
         self._next_part += 1
         self._parts.append(index)
@@ -232,7 +231,12 @@ class WriteHandle:
         self._shipped_end += n
         self._inflight += 1
         self._idle = trio.Event()
-        self.ctx.nursery.start_soon(self._stage_part, self._upload, index, offset, chunk)
+        # The whole file's MD5 is computed in worker threads too, part after part in order.
+        after, done = self._hashed, trio.Event()
+        self._hashed = done
+        self.ctx.nursery.start_soon(
+            self._stage_part, self._upload, index, offset, chunk, self._md5, after, done
+        )
 
     async def _idle_one(self) -> None:
         event = self._part_done = trio.Event()
@@ -240,7 +244,16 @@ class WriteHandle:
 
     _part_done: trio.Event | None = None
 
-    async def _stage_part(self, upload: Upload, index: int, offset: int, chunk: bytes) -> None:
+    async def _stage_part(
+        self,
+        upload: Upload,
+        index: int,
+        offset: int,
+        chunk: bytes,
+        md5: Any = None,
+        after: trio.Event | None = None,
+        hashed: trio.Event | None = None,
+    ) -> None:
         """Send one part (retrying transient failures within twice the request bound); its
         budget is given back once no thread holds `chunk` any more."""
         n = len(chunk)
@@ -260,6 +273,14 @@ class WriteHandle:
             await self.ctx.backend.call(upload.stage, index, offset, chunk, on_exit=exited)
 
         try:
+            try:
+                if md5 is not None:
+                    if after is not None:
+                        await after.wait()
+                    await trio.to_thread.run_sync(md5.update, chunk)  # hashlib drops the GIL
+            finally:
+                if hashed is not None:
+                    hashed.set()
             with trio.move_on_after(self.ctx.request_timeout * 2) as scope:
                 await self._retrying("stage", once)
             if scope.cancelled_caught:
@@ -345,8 +366,8 @@ class WriteHandle:
             )
             self.tee_from = 0
         await self._wait_idle()
-        self.ctx.budget.give(len(self._buf))
-        self._buf = bytearray()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
         if self._upload is not None:
             self._discard(self._upload)  # parts staged so far are never committed
             self._upload = None
@@ -402,8 +423,8 @@ class WriteHandle:
             return await self._commit_staged()
         if self._upload is None and self.keep is None and self._md5 is not None:
             return await self._put_whole()
-        if self._buf or self._upload is None:
-            if self._buf:
+        if len(self._buf) or self._upload is None:
+            if len(self._buf):
                 await self._ship(len(self._buf))
             elif self._upload is None:
                 self._upload = await self._open_upload(self.keep)
@@ -420,15 +441,15 @@ class WriteHandle:
     async def _put_whole(self) -> ObjectInfo:
         """A file that fits one block and was never shipped: one request (Blob: Put Blob).
         Later writes after this commit go to an upload keeping what it made."""
-        data = bytes(self._buf)
+        data = self._buf.take(len(self._buf))
         assert self._md5 is not None
+        self._md5.update(data)
         md5 = self._md5.digest()
         upload = await self._open_upload(None)
         info = await self._retrying_commit(
             lambda: self.ctx.backend.call(upload.put, data, md5), md5
         )
-        self.ctx.budget.give(len(self._buf))
-        self._buf = bytearray()
+        self.ctx.budget.give(len(data))
         self._upload = upload
         self._shipped_end = self.size
         self.ctx.count("bytes_written", len(data))
@@ -479,10 +500,7 @@ class WriteHandle:
             while self._inflight >= PARTS_IN_FLIGHT:
                 await self._idle_one()
             await self.ctx.budget.take(n)  # given back by _stage_part
-            data = await trio.to_thread.run_sync(tee.pread, off, n)
-            if len(data) < n:  # a sparse end reads short: zeros
-                data += bytes(n - len(data))
-            md5.update(data)
+            data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
             self._inflight += 1
             self._idle = trio.Event()
             parts.append(i)
@@ -502,11 +520,56 @@ class WriteHandle:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.ctx.request_timeout):
                 await self._wait_idle()
-        self.ctx.budget.give(len(self._buf))
-        self._buf = bytearray()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
         if self._upload is not None and self._inflight == 0:
             self._discard(self._upload)
         self._upload = None
         if self.tee is not None:
             self.tee.close()
             self.tee = None
+
+
+def _read_hashed(tee: StagingFile, off: int, n: int, md5: Any) -> bytes:
+    """`n` bytes of the staging file at `off` (zeros past a sparse end), hashed (in a thread)."""
+    data = tee.pread(off, n)
+    if len(data) < n:
+        data += bytes(n - len(data))
+    md5.update(data)
+    return data
+
+
+class _Buffer:
+    """Bytes written but not yet shipped, kept as the writes' own bytes objects: no copy while
+    filling, one when a part is cut (the kernel's writes are 128 KiB, parts megabytes)."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def take(self, n: int) -> bytes:
+        out = []
+        need = n
+        while need:
+            c = self.chunks[0]
+            if len(c) <= need:
+                out.append(self.chunks.popleft())
+                need -= len(c)
+            else:
+                out.append(c[:need])
+                self.chunks[0] = c[need:]
+                need = 0
+        self.size -= n
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def clear(self) -> int:
+        n, self.size = self.size, 0
+        self.chunks.clear()
+        return n
