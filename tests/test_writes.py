@@ -432,3 +432,24 @@ def test_semantics_rows_name_live_tests():
     assert len(rows) >= 15
     for name in rows:
         assert callable(globals().get(name) or getattr(test_writes_model, name, None)), name
+
+
+def test_mmap_writes_are_staged_and_committed(mounts, backend, config, kind):
+    import mmap
+
+    if kind in ("adls", "fileshare"):
+        # Known issue: the msync's fsync stalls until --commit-timeout on these two (the commit
+        # at close then succeeds); not understood yet, see SEMANTICS.md.
+        pytest.skip("msync through ADLS/File share mounts: known stall")
+    mp = rw(mounts, config)
+    fd = os.open(mp / "m.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"a" * 10_000)
+        m = mmap.mmap(fd, 10_000, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        m[5:10] = b"MMAPW"
+        m.flush()  # msync: the pages are written back, then committed (fsync)
+        m.close()
+        assert remote(backend, "m.bin") == b"a" * 5 + b"MMAPW" + b"a" * 9_990
+    finally:
+        os.close(fd)
+    assert remote(backend, "m.bin") == b"a" * 5 + b"MMAPW" + b"a" * 9_990
