@@ -14,11 +14,11 @@ from pyfuse3 import FUSEError
 
 from amlfs.fs.budget import MemoryBudget
 from amlfs.fs.staging import StagingArea
-from amlfs.fs.writes import WriteBudget, _Buffer
+from amlfs.fs.writebuffer import PartBuffer, WriteBudget
 
 
 def test_buffer_cuts_parts_across_writes_without_losing_bytes():
-    b = _Buffer()
+    b = PartBuffer()
     writes = [os.urandom(n) for n in (5, 100, 3, 64, 1)]
     for w in writes:
         b.add(w)

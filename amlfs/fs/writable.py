@@ -32,7 +32,8 @@ from .handlers import handler, refuse
 from .inodes import Node
 from .operations import STATS_INODE, Operations
 from .staging import StagingArea
-from .writes import WriteBudget, WriteContext, WriteHandle
+from .writebuffer import WriteBudget
+from .writes import WriteContext, WriteHandle
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""One file being written through a writable mount: `WriteHandle`, and `WriteBudget`, the memory
-all write buffers share.
+"""One file being written through a writable mount: `WriteHandle` (its memory: writebuffer.py).
 
 A handle streams while the writer writes sequentially (from the start of a new or truncated
 file, or from the end of an existing one: append): whole blocks are staged as parts of an
@@ -25,7 +24,6 @@ import errno
 import hashlib
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +33,8 @@ from pyfuse3 import FUSEError
 
 from ..backends.base import BackendError, Changed, NotFound, ObjectInfo, Transient, Upload, Writer
 from ..backends.bridge import TrioBackend
-from .budget import MemoryBudget
 from .staging import StagingArea, StagingFile
+from .writebuffer import PartBuffer, WriteBudget
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +42,6 @@ log = logging.getLogger(__name__)
 PARTS_IN_FLIGHT = 4
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 2.0
-
-
-class WriteBudget:
-    """Bytes of write buffers held (filled, or in flight to the storage), charged to the mount's
-    memory budget as account "writes" too. A taker waits while the budget is full; its wait is
-    bounded by its request's deadline. One taker larger than the whole budget is let through
-    alone, so no writer waits forever."""
-
-    def __init__(self, capacity: int, memory: MemoryBudget | None = None):
-        self.capacity = capacity
-        self.memory = memory
-        self.used = 0
-        self.peak = 0
-        self._freed = trio.Event()
-
-    async def take(self, n: int) -> None:
-        while self.used and self.used + n > self.capacity:
-            await self._freed.wait()
-        self.used += n
-        self.peak = max(self.peak, self.used)
-        if self.memory is not None:
-            self.memory.take("writes", n)
-
-    def give(self, n: int) -> None:
-        if n <= 0:
-            return
-        self.used -= n
-        if self.memory is not None:
-            self.memory.give("writes", n)
-        self._freed.set()
-        self._freed = trio.Event()
-
-    def snapshot(self) -> dict[str, int]:
-        return {"capacity": self.capacity, "used": self.used, "peak": self.peak}
 
 
 @dataclass
@@ -119,7 +83,7 @@ class WriteHandle:
         self.opens = 1  # file handles sharing this write handle
         self._lock = trio.Lock()
         # stream mode
-        self._buf = _Buffer()
+        self._buf = PartBuffer()
         self._hashed: trio.Event | None = None  # set once the last part shipped is hashed
         self._upload: Upload | None = None
         self._parts: list[int] = []
@@ -537,39 +501,3 @@ def _read_hashed(tee: StagingFile, off: int, n: int, md5: Any) -> bytes:
         data += bytes(n - len(data))
     md5.update(data)
     return data
-
-
-class _Buffer:
-    """Bytes written but not yet shipped, kept as the writes' own bytes objects: no copy while
-    filling, one when a part is cut (the kernel's writes are 128 KiB, parts megabytes)."""
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.size += len(data)
-
-    def take(self, n: int) -> bytes:
-        out = []
-        need = n
-        while need:
-            c = self.chunks[0]
-            if len(c) <= need:
-                out.append(self.chunks.popleft())
-                need -= len(c)
-            else:
-                out.append(c[:need])
-                self.chunks[0] = c[need:]
-                need = 0
-        self.size -= n
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def clear(self) -> int:
-        n, self.size = self.size, 0
-        self.chunks.clear()
-        return n
