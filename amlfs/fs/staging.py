@@ -28,13 +28,12 @@ def default_staging_dir() -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not: it is dead, only not yet reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StagingFile:
