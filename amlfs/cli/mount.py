@@ -161,7 +161,7 @@ def mount(
 
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
-    nonempty, immutable, debug, the kernel's nodev/nosuid/noexec/noatime..., and every long
+    nonempty, immutable, debug, amlfs_rw (--rw), the kernel's nodev/nosuid/noexec/noatime..., and every long
     option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, registry=FILE, ...).
     """
     from ..fs.config import MountConfig
