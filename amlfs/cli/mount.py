@@ -162,7 +162,7 @@ def mount(
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
     nonempty, immutable, debug, amlfs_rw (--rw), the kernel's nodev/nosuid/noexec/noatime...,
-    and every long option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, ...).
+    and every long option above as NAME=VALUE (cache_size=2G, registry=FILE, ...).
     """
     from ..fs.config import MountConfig
     from ..fs.daemon import StatusPipe
