@@ -24,7 +24,7 @@ pkgs=(fuse3 libfuse3-dev pkg-config gcc)
 # Python and Node may come from elsewhere (pyenv, nodesource): use them when they work.
 have_python || pkgs+=(python3 python3-venv python3-dev)
 if [[ $want_test -eq 1 ]]; then
-  pkgs+=(systemd rclone fio libsecret-1-0)
+  pkgs+=(systemd rclone fio libsecret-1-0 rsync)
   command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi
 missing=()

@@ -211,6 +211,15 @@ def is_safe_relpath(path: str) -> bool:
     return bool(path) and all(is_safe_name(seg) for seg in path.split("/"))
 
 
+def file_path_checked(path: str) -> str:
+    """`normpath(path)` of an entry to create, delete or rename: never the root, every segment a
+    safe name (InvalidName otherwise), so no write leaves the datastore."""
+    rel = normpath(path)
+    if not is_safe_relpath(rel):
+        raise InvalidName(f"{path!r} is not a valid name to write", path)
+    return rel
+
+
 def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
@@ -466,3 +475,73 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release connections."""
+
+
+# --- writing through a mount ---------------------------------------------------------------------
+
+
+class Upload(ABC):
+    """One object being written through a writable mount: parts staged as they come, then
+    committed at once (nothing is visible under the name before `commit`).
+
+    Concurrency contract: `stage` of different parts may run in different threads at once;
+    `commit` and `discard` run when no `stage` is in flight. A commit may be repeated after more
+    parts were staged (fsync, then more writes): each commit is conditional on the version the
+    previous one made (or on the one opened), and a lost race raises Changed (ESTALE).
+    """
+
+    path: str
+
+    @abstractmethod
+    def stage(self, index: int, offset: int, data: bytes | memoryview) -> None:
+        """Part `index` holds `data`, bytes [offset, offset + len(data)) of the object. The
+        service checks each part's checksum (Content-MD5) where it can."""
+
+    @abstractmethod
+    def commit(self, parts: list[int], size: int, md5: bytes | None = None) -> ObjectInfo:
+        """Make the object the kept content (if any) followed by `parts` in this order, `size`
+        bytes in all; `md5` (of the whole object) is stored and checked where the service can.
+        Raises Changed when the name was taken (new file) or the object changed (overwrite)."""
+
+    def put(self, data: bytes, md5: bytes) -> ObjectInfo:
+        """The whole object in one request, when nothing was staged or kept (a small file):
+        conditional like `commit`. This default stages one part and commits it."""
+        self.stage(0, 0, data)
+        return self.commit([0], len(data), md5)
+
+    def discard(self) -> None:  # noqa: B027 - optional: staged parts the service drops itself
+        """Forget what was staged (the name keeps what it had)."""
+
+
+class Writer(ABC):
+    """The write side of a Backend, for writable mounts (see backends/writers.py for which
+    backends have one). Thread-safe like the Backend it wraps. Paths as for Backend."""
+
+    #: directory rename is native (ADLS, File share, local) or refused (flat Blob)
+    renames_directories: bool = False
+
+    @abstractmethod
+    def open_upload(self, path: str, *, etag: str | None, keep: ObjectInfo | None = None) -> Upload:
+        """An upload of file `path`: a new name (`etag` None: committed only if still free) or
+        an overwrite of the version `etag` (committed only if still that version). `keep`: the
+        existing object (of ETag `etag`) whose content comes first (append)."""
+
+    @abstractmethod
+    def mkdir(self, path: str) -> ObjectInfo:
+        """Create directory `path` (AlreadyExists if the name is taken)."""
+
+    @abstractmethod
+    def rmdir(self, path: str) -> None:
+        """Remove the empty directory `path` (NotEmpty when it has children)."""
+
+    @abstractmethod
+    def unlink(self, path: str) -> None:
+        """Delete file `path` (NotFound if missing)."""
+
+    @abstractmethod
+    def rename(self, src: ObjectInfo, dst: str) -> ObjectInfo:
+        """Move file `src` (at its ETag) to `dst`, replacing a file there; the new entry."""
+
+
+class NotEmpty(BackendError):
+    errno = errno.ENOTEMPTY

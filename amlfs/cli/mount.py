@@ -19,13 +19,15 @@ _FUSE_FLAGS = {
     "nostrictatime", "lazytime", "nolazytime", "sync", "async", "dirsync",
 }  # fmt: skip
 _FUSE_VALUED = {"max_read", "context", "fscontext", "defcontext", "rootcontext"}
-# fstab and mount(8) options that mean nothing to FUSE (amlfs mounts are always read-only).
+# fstab and mount(8) options that mean nothing to FUSE ("rw" alone is not --rw: an fstab line
+# asks for a writable mount with -o amlfs_rw).
 _IGNORED = {"rw", "ro", "defaults", "_netdev", "nofail", "auto", "noauto", "user", "users",
             "nouser", "owner", "group"}  # fmt: skip
 # amlfs settings that may also come as -o NAME=VALUE (so that an /etc/fstab line can set them).
 _AMLFS_VALUED = {
     "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
-    "read_timeout", "log_file", "registry", "read_ahead",
+    "read_timeout", "log_file", "registry", "read_ahead", "write_buffer_size", "staging_dir",
+    "staging_size", "commit_timeout", "unmount_timeout",
 }  # fmt: skip
 
 
@@ -36,6 +38,7 @@ class ParsedOptions:
     nonempty: bool = False
     immutable: bool = False
     debug: bool = False
+    rw: bool = False
 
 
 def parse_o(values: tuple[str, ...]) -> ParsedOptions:
@@ -52,6 +55,8 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
                 out.immutable = True
             elif name == "debug" and not eq:
                 out.debug = True
+            elif name == "amlfs_rw" and not eq:
+                out.rw = True
             elif name in _FUSE_FLAGS and not eq:
                 out.fuse.append(name)
             elif name in _FUSE_VALUED and eq and arg:
@@ -94,6 +99,24 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     metavar="SIZE",
     help="The kernel's read-ahead for the mount, needs root (default 4MiB; 0: the kernel's).",
 )
+@click.option("--rw", is_flag=True, help="Writable: files can be created, written, renamed.")
+@click.option(
+    "--write-buffer-size", metavar="SIZE", help="--rw: memory for write buffers (default 256MiB)."
+)
+@click.option(
+    "--staging-dir",
+    type=click.Path(file_okay=False),
+    help="--rw: where out-of-order writes are staged (default $XDG_CACHE_HOME/amlfs/staging).",
+)
+@click.option("--staging-size", metavar="SIZE", help="--rw: disk for staging files (default 4GiB).")
+@click.option(
+    "--commit-timeout", metavar="SECONDS", help="--rw: bound on one commit (default 600)."
+)
+@click.option(
+    "--unmount-timeout",
+    metavar="SECONDS",
+    help="--rw: unmount waits this long for pending commits (default 60).",
+)
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help="Mount options.")
 @click.option("--debug", is_flag=True, help="Log every request (to --log-file or stderr).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="The daemon's log.")
@@ -127,6 +150,12 @@ def mount(
     immutable: bool,
     read_timeout: str | None,
     read_ahead: str | None,
+    rw: bool,
+    write_buffer_size: str | None,
+    staging_dir: str | None,
+    staging_size: str | None,
+    commit_timeout: str | None,
+    unmount_timeout: str | None,
     options: tuple[str, ...],
     debug: bool,
     log_file: str | None,
@@ -135,12 +164,13 @@ def mount(
     status_fd: int | None,
     config_stdin: bool,
 ) -> None:
-    """Mount a datastore (or a directory of it) read-only at MOUNTPOINT.
+    """Mount a datastore (or a directory of it) at MOUNTPOINT: read-only, or writable with
+    --rw (see SEMANTICS.md for what a writable mount guarantees).
 
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
-    nonempty, immutable, debug, the kernel's nodev/nosuid/noexec/noatime..., and every long
-    option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, registry=FILE, ...).
+    nonempty, immutable, debug, amlfs_rw (--rw), the kernel's nodev/nosuid/noexec/noatime...,
+    and every long option above as NAME=VALUE (cache_size=2G, registry=FILE, ...).
     """
     from ..fs.config import MountConfig
     from ..fs.daemon import StatusPipe
@@ -172,6 +202,12 @@ def mount(
                 nonempty=o.nonempty,
                 debug=debug or o.debug or app.debug,
                 log_file=os.path.abspath(log_file) if log_file else None,
+                rw=rw or o.rw,
+                write_buffer_size=pick(write_buffer_size, "write_buffer_size"),
+                staging_dir=pick(staging_dir, "staging_dir"),
+                staging_size=pick(staging_size, "staging_size"),
+                commit_timeout=pick(commit_timeout, "commit_timeout"),
+                unmount_timeout=pick(unmount_timeout, "unmount_timeout"),
             )
             for note in notes:
                 click.echo(f"amlfs: {note}", err=True)
@@ -209,6 +245,10 @@ def mount(
         backend = wrap(backend)
     try:
         check_source(backend, ds, path)
+        if config.rw:
+            from ..backends.writers import writer_for
+
+            writer_for(backend)  # Unsupported: said here, before a daemon starts
     finally:
         backend.close()
     argv = [sys.executable, "-m", "amlfs"]

@@ -15,21 +15,31 @@ from .inodes import Node
 BLKSIZE = 128 * 1024
 
 
-def entry(node: Node, timeout: float, uid: int, gid: int, default_mtime_ns: int):
-    """Files are 0444, directories 0555, owned by the daemon's user; `default_mtime_ns` for
-    what has no mtime of its own (prefix directories)."""
+def entry(
+    node: Node,
+    timeout: float,
+    uid: int,
+    gid: int,
+    default_mtime_ns: int,
+    writable: bool = False,
+    size: int | None = None,
+):
+    """Files are 0444, directories 0555 (0644 and 0755 on a writable mount), owned by the
+    daemon's user; `default_mtime_ns` for what has no mtime of its own (prefix directories);
+    `size`: a file being written reports its writer's size."""
     info = node.info
+    w = 0o200 if writable else 0
     a = pyfuse3.EntryAttributes()
     a.st_ino = node.inode
     a.generation = 0
     a.entry_timeout = timeout
     a.attr_timeout = timeout
     if info.is_dir:
-        a.st_mode = stat.S_IFDIR | 0o555
+        a.st_mode = stat.S_IFDIR | 0o555 | w
         a.st_size = 0
     else:
-        a.st_mode = stat.S_IFREG | 0o444
-        a.st_size = info.size
+        a.st_mode = stat.S_IFREG | 0o444 | w
+        a.st_size = info.size if size is None else size
     # 1 means "not counted": tools must not infer the number of subdirectories from it.
     a.st_nlink = 1
     a.st_uid = uid

@@ -10,6 +10,7 @@ few blocks, so a cache smaller than `MIN_BLOCKS_CACHED` blocks gets smaller bloc
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..units import FOREVER, GiB, KiB, MiB, human, parse_seconds, parse_size
 from .datapath import DataPathConfig
 from .inodes import ENTRY_BYTES, Timeouts
 from .operations import OperationsConfig
+from .writable import WriteConfig
 
 #: the block cache holds at least this many blocks (one read, one ahead, room for a second reader)
 MIN_BLOCKS_CACHED = 4
@@ -51,6 +53,15 @@ class MountConfig:
     listing_queue: int = 256  # directories queued for background listing
     debug: bool = False
     log_file: str | None = None
+    # --- writable mounts (`amlfs mount --rw`; see writable.py) ----------------------------------
+    rw: bool = False
+    write_buffer_bytes: int = 256 * MiB  # memory for write buffers (filled or in flight)
+    # Staging files of out-of-order writes (None: $XDG_CACHE_HOME/amlfs/staging). Kept apart
+    # from any disk cache directory on purpose: the lead may fold both under one cache_dir.
+    staging_dir: str | None = None
+    staging_bytes: int = 4 * GiB  # disk for staging files; a write past it gets ENOSPC
+    commit_timeout: float = 600.0  # bound on one commit (close, fsync)
+    unmount_timeout: float = 60.0  # unmount/SIGTERM wait this long for pending commits
 
     @property
     def max_listing_entries(self) -> int:
@@ -76,6 +87,12 @@ class MountConfig:
         nonempty: bool = False,
         debug: bool = False,
         log_file: str | None = None,
+        rw: bool = False,
+        write_buffer_size: str | None = None,
+        staging_dir: str | None = None,
+        staging_size: str | None = None,
+        commit_timeout: str | None = None,
+        unmount_timeout: str | None = None,
     ) -> tuple[MountConfig, list[str]]:
         """Parse and validate option values as given (None: the default). Returns the config
         and one-line notes about what was adjusted. UsageError for anything unusable."""
@@ -93,7 +110,21 @@ class MountConfig:
             if immutable or attr >= FOREVER
             else Timeouts(attr=attr, listing=lst, negative=neg)
         )
+        wb = parse_size(write_buffer_size or "256MiB", "--write-buffer-size", 1 * MiB, 1 << 50)
+        sb = parse_size(staging_size or "4GiB", "--staging-size", 0, 1 << 60)
+        ct = parse_seconds(commit_timeout or "600", "--commit-timeout", allow_forever=False)
+        ut = parse_seconds(unmount_timeout or "60", "--unmount-timeout", allow_forever=False)
+        if ct <= 0:
+            raise UsageError("bad --commit-timeout: must be more than zero seconds")
+        if not rw and (write_buffer_size or staging_dir or staging_size or commit_timeout):
+            raise UsageError("write options need --rw (the mount is read-only without it)")
         config = cls(
+            rw=rw,
+            write_buffer_bytes=wb,
+            staging_dir=os.path.abspath(os.path.expanduser(staging_dir)) if staging_dir else None,
+            staging_bytes=sb,
+            commit_timeout=ct,
+            unmount_timeout=ut,
             block_size=bs,
             cache_bytes=cache,
             timeouts=timeouts,
@@ -149,6 +180,18 @@ class MountConfig:
             max_listing_entries=self.max_listing_entries,
         )
 
+    def writes(self) -> WriteConfig:
+        from .staging import default_staging_dir
+
+        return WriteConfig(
+            write_buffer_bytes=self.write_buffer_bytes,
+            staging_dir=self.staging_dir or default_staging_dir(),
+            staging_bytes=self.staging_bytes,
+            commit_timeout=self.commit_timeout,
+            unmount_timeout=self.unmount_timeout,
+            block_size=self.block_size,
+        )
+
     def describe(self) -> dict[str, Any]:
         """The figures `amlfs stats` shows."""
         return {
@@ -159,6 +202,16 @@ class MountConfig:
             "read_timeout": self.read_timeout,
             "max_listing_entries": self.max_listing_entries,
             "max_inflight": self.max_inflight,
+            "rw": self.rw,
+            **(
+                {
+                    "write_buffer_bytes": self.write_buffer_bytes,
+                    "staging_bytes": self.staging_bytes,
+                    "unmount_timeout": self.unmount_timeout,
+                }
+                if self.rw
+                else {}
+            ),
         }
 
     # --- handing it to a background daemon -----------------------------------------------------

@@ -253,7 +253,10 @@ def unmount(mountpoint: str, lazy: bool = False, wait: float = 10.0) -> None:
     path = entry.mountpoint
     pid = None
     try:
-        pid = read_facts(path, timeout=2.0).get("pid")
+        facts = read_facts(path, timeout=2.0)
+        pid = facts.get("pid")
+        # A writable mount commits what is still open before it exits: wait for that too.
+        wait = max(wait, float(facts.get("unmount_timeout") or 0) + 5)
     except AmlfsError as e:
         log.info("%s", e)  # dead or hung: unmount all the same
     tool = shutil.which("fusermount3") or shutil.which("fusermount")

@@ -93,11 +93,11 @@ def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo
 FSNAME_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
-def fuse_options(ds: DatastoreConfig, path: str, extra: list[str]) -> set[str]:
+def fuse_options(ds: DatastoreConfig, path: str, extra: list[str], rw: bool = False) -> set[str]:
     # libfuse splits options at commas and honours backslash escapes.
     source = quote(f"{ds.name}:{path}", safe=FSNAME_SAFE)
     source = source.replace("\\", "\\\\").replace(",", "\\,")
-    opts = {f"fsname={source}", f"subtype={SUBTYPE}", "ro", "default_permissions"}
+    opts = {f"fsname={source}", f"subtype={SUBTYPE}", "rw" if rw else "ro", "default_permissions"}
     opts.update(extra)
     return opts
 
@@ -221,9 +221,10 @@ def _run(
                 "memory": datapath.budget.snapshot(),
             }
 
-        ops = Operations(tb, datapath, root, stats, config.operations(), describe=describe)
+        ops = _operations(tb, datapath, root, stats, config, describe)
+        opts = fuse_options(ds, path, list(config.fuse_options), rw=config.rw)
         try:
-            pyfuse3.init(ops, mountpoint, fuse_options(ds, path, list(config.fuse_options)))
+            pyfuse3.init(ops, mountpoint, opts)
         except RuntimeError as e:
             if "session_new" in str(e):
                 raise UsageError(f"FUSE refused the mount options {config.fuse_options}") from None
@@ -243,6 +244,32 @@ def _run(
         backend.close()
 
 
+def _operations(
+    tb: TrioBackend,
+    datapath: Any,
+    root: ObjectInfo,
+    stats: Stats,
+    config: MountConfig,
+    describe: Any,
+) -> Operations:
+    """The request handlers: read-only, or with the write path (--rw)."""
+    if not config.rw:
+        return Operations(tb, datapath, root, stats, config.operations(), describe=describe)
+    from ..backends.writers import writer_for
+    from .writable import WritableOperations
+
+    return WritableOperations(
+        tb,
+        datapath,
+        root,
+        stats,
+        config.operations(),
+        describe=describe,
+        writer=writer_for(tb.sync),
+        write_config=config.writes(),
+    )
+
+
 async def _serve(
     ops: Operations,
     datapath: Any,
@@ -254,9 +281,17 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         await nursery.start(datapath.run)
         await nursery.start(ops.run)
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        grace = SHUTDOWN_GRACE + (config.unmount_timeout if config.rw else 0)
+        nursery.start_soon(_watch_signals, nursery.cancel_scope, grace)
         nursery.start_soon(_when_live, ops, config, status, mountpoint, live)
         await pyfuse3.main(max_tasks=config.max_tasks)
+        drain = getattr(ops, "drain", None)
+        if drain is not None:
+            lost = await drain()
+            if lost:
+                log.error(
+                    "%d file(s) were not committed: %s", len(lost), ", ".join(map(repr, lost))
+                )
         nursery.cancel_scope.cancel()
 
 
@@ -274,7 +309,7 @@ async def _when_live(
     sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
 
 
-async def _watch_signals(scope: trio.CancelScope) -> None:
+async def _watch_signals(scope: trio.CancelScope, grace: float = SHUTDOWN_GRACE) -> None:
     # SIGHUP would kill us without unmounting; a daemon has no terminal to hang up on.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -285,7 +320,7 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             break
         # Requests stuck on the storage get a grace period, then are cancelled; a second
         # signal cancels them at once.
-        with trio.move_on_after(SHUTDOWN_GRACE):
+        with trio.move_on_after(grace):
             async for _ in signals:
                 break
         scope.cancel()

@@ -39,8 +39,9 @@ class Handled(Protocol):
     def _count_error(self, code: int) -> None: ...
 
 
-def handler(op: str) -> Callable[[F], F]:
-    """Count the request and turn every failure into a FUSEError with the right errno."""
+def handler(op: str, bound: str = "request_timeout") -> Callable[[F], F]:
+    """Count the request and turn every failure into a FUSEError with the right errno. The
+    request is bounded by the operations' attribute `bound` (seconds; commits have their own)."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -49,7 +50,8 @@ def handler(op: str) -> Callable[[F], F]:
             if self._debug:
                 log.debug("%s%r", op, tuple(a for a in args if not isinstance(a, _OPAQUE)))
             try:
-                with trio.fail_after(self.request_timeout):
+                limit = getattr(self, bound)
+                with trio.fail_after(limit):
                     return await fn(self, *args)
             except FUSEError as e:
                 if e.errno != errno.ENOSYS:  # by design (xattrs): the kernel stops asking
@@ -62,9 +64,7 @@ def handler(op: str) -> Callable[[F], F]:
                 raise FUSEError(e.errno) from None
             except trio.TooSlowError:
                 self._count_error(errno.EIO)
-                log.warning(
-                    "%s: the storage did not answer within %.0f s", op, self.request_timeout
-                )
+                log.warning("%s: the storage did not answer within %.0f s", op, limit)
                 raise FUSEError(errno.EIO) from None
             except Exception as e:
                 self._count_error(errno.EIO)

@@ -7,11 +7,12 @@ so a caller that does not await between two calls sees them as one atomic step.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyfuse3 import ROOT_INODE
 
@@ -164,6 +165,55 @@ class InodeTable:
             node.info = info
             node.fetched = now
         return node
+
+    def set_info(self, node: Node, info: ObjectInfo) -> None:
+        """This mount itself made `info` (a commit, a mkdir): the node keeps its number (an
+        inode is one version of a file, and this version is the one its writer made)."""
+        node.info = info
+        node.fetched = self.clock()
+        if self._by_path.get(info.path) is not node:
+            self._by_path[info.path] = node
+        self.patch_listing(info.path, info)
+
+    def patch_listing(self, path: str, info: ObjectInfo | None) -> None:
+        """This mount created or replaced (`info`) or removed (None) `path`: patch its parent's
+        cached listing, so lookups of the names it makes need no request. Copy on write: a
+        directory stream reading the old list keeps it unchanged."""
+        parent, _, name = path.rpartition("/")
+        lst = self._listings.get(parent)
+        if lst is None:
+            return
+        entries = [e for e in lst.entries if e.name != name]
+        if info is not None:
+            bisect.insort(entries, info, key=lambda e: e.name)
+        delta = len(entries) - len(lst.entries)
+        lst.entries = entries
+        lst._positions = None
+        self._listing_entries += delta
+        if self.budget is not None and delta > 0:
+            self.budget.take("listings", delta * ENTRY_BYTES)
+        elif self.budget is not None and delta < 0:
+            self.budget.give("listings", -delta * ENTRY_BYTES)
+
+    def move(self, node: Node, info: ObjectInfo) -> None:
+        """A rename made by this mount: `node` keeps its number at `info.path` (the kernel moved
+        its dentry), what was there is unmapped, and a directory's known descendants follow."""
+        old = node.path
+        self.patch_listing(old, None)
+        if self._by_path.get(old) is node:
+            del self._by_path[old]
+        self.set_info(node, info)
+        if info.is_dir:
+            prefix = old + "/"
+            for path, child in list(self._by_path.items()):
+                if path.startswith(prefix):
+                    del self._by_path[path]
+                    moved = info.path + path[len(old) :]
+                    child.info = replace(child.info, path=moved)
+                    child.fetched = float("-inf")
+                    self._by_path[moved] = child
+            for path in [p for p in self._listings if p == old or p.startswith(prefix)]:
+                self._drop_listing(path)
 
     def mark_stale(self, node: Node) -> None:
         """Its attributes must be confirmed by the storage before they are used again."""

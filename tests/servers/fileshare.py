@@ -1,8 +1,9 @@
 """An Azure Files (SMB share, REST API) test server: the subset amlfs uses, strictly.
 
 Shares; directories (create, properties, delete, list with NextMarker paging and the extended
-listing fields); files (create, put range, get with Range, properties, delete, rename). Names are
-case-insensitive and case-preserving, and Azure's invalid characters are refused, as on Azure.
+listing fields); files (create, put range, set properties (resize), get with Range, properties,
+delete, rename). Names are case-insensitive and case-preserving, and Azure's invalid characters
+are refused, as on Azure.
 """
 
 from __future__ import annotations
@@ -364,6 +365,25 @@ class FileShareServer:
             node.data = bytearray(size)  # Create File replaces an existing file's content
             node.touch()
             return Response(201, self._file_headers(node))
+        if req.method == "PUT" and comp == "properties":
+            # Set File Properties: x-ms-content-length resizes (zeros past the old end).
+            self.auth.authorize(principal, "w", "object")
+            _, node = self._lookup(share, path)
+            if node is None:
+                raise _not_found()
+            if node.is_dir:
+                raise _type_mismatch()
+            length = req.header("x-ms-content-length")
+            if length is not None:
+                try:
+                    n = int(length)
+                except ValueError:
+                    raise fail("InvalidHeaderValue") from None
+                if n < 0:
+                    raise fail("InvalidHeaderValue")
+                node.data = node.data[:n] + bytearray(max(0, n - len(node.data)))
+            node.touch()
+            return Response(200, self._file_headers(node))
         if req.method == "PUT" and comp == "range":
             self.auth.authorize(principal, "w", "object")
             _, node = self._lookup(share, path)

@@ -1,0 +1,503 @@
+"""One file being written through a writable mount: `WriteHandle` (its memory: writebuffer.py).
+
+A handle streams while the writer writes sequentially (from the start of a new or truncated
+file, or from the end of an existing one: append): whole blocks are staged as parts of an
+upload (Put Block) in the background while the writer goes on, each buffer counted in the write
+budget until the thread sending it has let go of it. Everything written is also kept in a local
+staging file while the staging budget allows ("the tee"), so that the writer can read back what
+it wrote and, at the first out-of-order write or truncate, the handle can switch to *staged*
+mode: the staging file becomes the file (the kept remote content downloaded into it), and the
+whole file is uploaded from it at the next commit. When the tee could not be kept (the staging
+budget was full) such a write fails with ENOSPC.
+
+Commits (flush on close, fsync, release, unmount) wait for the parts in flight and commit them
+conditionally (base.Upload): the real result goes back to close()/fsync().
+
+Concurrency contract: the trio thread only. A handle's methods may interleave at their awaits
+(the kernel may send two writes of one file at once); `_lock` serialises every operation of one
+handle, so the state seen between two awaits of one operation is its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from pyfuse3 import FUSEError
+
+from ..backends.base import BackendError, Changed, NotFound, ObjectInfo, Transient, Upload, Writer
+from ..backends.bridge import TrioBackend
+from .staging import StagingArea, StagingFile
+from .writebuffer import PartBuffer, WriteBudget
+
+log = logging.getLogger(__name__)
+
+#: part uploads of one handle in flight at once
+PARTS_IN_FLIGHT = 4
+BACKOFF_BASE = 0.1
+BACKOFF_MAX = 2.0
+
+
+@dataclass
+class WriteContext:
+    """What every handle of one mount shares."""
+
+    backend: TrioBackend
+    writer: Writer
+    budget: WriteBudget
+    staging: StagingArea
+    nursery: trio.Nursery
+    block_size: int
+    request_timeout: float
+    count: Callable[[str, int], None]
+
+
+class WriteHandle:
+    """One file open for writing (one per path per mount)."""
+
+    def __init__(
+        self,
+        ctx: WriteContext,
+        path: str,
+        *,
+        existing: ObjectInfo | None,
+        truncate: bool,
+    ):
+        self.ctx = ctx
+        self.path = path
+        self.etag = existing.etag if existing is not None else None  # what commits replace
+        kept = 0 if existing is None or truncate else existing.size
+        self.kept_end = kept  # [0, kept_end) is the remote content as opened
+        self.keep = existing if kept else None
+        self.size = kept
+        self.dirty = existing is None or truncate
+        self.staged = False  # staged mode: the staging file is the whole file
+        self.failed: BackendError | None = None
+        self.unlinked = False
+        self.opens = 1  # file handles sharing this write handle
+        self._lock = trio.Lock()
+        # stream mode
+        self._buf = PartBuffer()
+        self._hashed: trio.Event | None = None  # set once the last part shipped is hashed
+        self._upload: Upload | None = None
+        self._parts: list[int] = []
+        self._next_part = 0
+        self._shipped_end = kept  # bytes handed to the upload (in flight or staged)
+        self._md5: Any = hashlib.md5() if kept == 0 else None
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._error: BackendError | None = None
+        # the tee (and, staged, the file itself): valid from tee_from (0 once staged)
+        self.tee: StagingFile | None = None
+        self.tee_from = kept
+        try:
+            self.tee = ctx.staging.create(path)
+        except FUSEError:
+            self.tee = None
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    async def write(self, off: int, data: bytes) -> int:
+        async with self._lock:
+            self._check()
+            if not self.staged and off == self.size:
+                await self._append(data)
+            else:
+                await self._to_staged()
+                assert self.tee is not None
+                self.tee.pwrite(data, off)
+                self.size = max(self.size, off + len(data))
+            self.dirty = True
+            return len(data)
+
+    async def truncate(self, size: int) -> None:
+        async with self._lock:
+            self._check()
+            if size == self.size:
+                return
+            if size == 0 and not self.staged:
+                await self._restart_empty()
+            else:
+                await self._to_staged()
+                assert self.tee is not None
+                self.tee.truncate(size)
+                self.size = size
+            self.dirty = True
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise FUSEError(self.failed.errno)
+
+    async def _append(self, data: bytes) -> None:
+        if self.tee is not None:
+            try:
+                self.tee.pwrite(data, self.size)
+            except FUSEError as e:
+                self._drop_tee(e)
+        n = len(data)
+        await self.ctx.budget.take(n)
+        self._buf.add(data)
+        self.size += n
+        block = self.ctx.block_size
+        while len(self._buf) >= block:
+            await self._ship(block)
+
+    def _drop_tee(self, e: FUSEError) -> None:
+        assert self.tee is not None
+        log.info(
+            "%r: the staging budget is full: its data is no longer kept locally (%s)",
+            self.path,
+            errno.errorcode.get(e.errno, e.errno),
+        )
+        self.tee.close()
+        self.tee = None
+
+    async def _restart_empty(self) -> None:
+        """O_TRUNC (or truncate to 0) while streaming: start over, nothing kept."""
+        await self._wait_idle()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
+        if self._upload is not None:
+            self._discard(self._upload)
+            self._upload = None
+        self._parts = []
+        self.keep = None
+        self.kept_end = self.size = self._shipped_end = 0
+        self._md5 = hashlib.md5()
+        if self.tee is None:
+            try:
+                self.tee = self.ctx.staging.create(self.path)
+            except FUSEError:
+                self.tee = None
+        else:
+            self.tee.truncate(0)
+        self.tee_from = 0
+
+    async def _ship(self, n: int) -> None:
+        """Hand the first `n` buffered bytes to the upload as the next part (in the background;
+        their budget is given back when the thread sending them has finished)."""
+        if self._upload is None:
+            self._upload = await self._open_upload(self.keep)
+        while self._inflight >= PARTS_IN_FLIGHT:
+            await self._idle_one()
+        chunk = self._buf.take(n)
+        index = self._next_part
+        self._next_part += 1
+        self._parts.append(index)
+        offset = self._shipped_end
+        self._shipped_end += n
+        self._inflight += 1
+        self._idle = trio.Event()
+        # The whole file's MD5 is computed in worker threads too, part after part in order.
+        after, done = self._hashed, trio.Event()
+        self._hashed = done
+        self.ctx.nursery.start_soon(
+            self._stage_part, self._upload, index, offset, chunk, self._md5, after, done
+        )
+
+    async def _idle_one(self) -> None:
+        event = self._part_done = trio.Event()
+        await event.wait()
+
+    _part_done: trio.Event | None = None
+
+    async def _stage_part(
+        self,
+        upload: Upload,
+        index: int,
+        offset: int,
+        chunk: bytes,
+        md5: Any = None,
+        after: trio.Event | None = None,
+        hashed: trio.Event | None = None,
+    ) -> None:
+        """Send one part (retrying transient failures within twice the request bound); its
+        budget is given back once no thread holds `chunk` any more."""
+        n = len(chunk)
+        state = {"threads": 0, "done": False, "given": False}
+
+        def release() -> None:
+            if state["done"] and not state["threads"] and not state["given"]:
+                state["given"] = True
+                self.ctx.budget.give(n)
+
+        def exited() -> None:
+            state["threads"] -= 1
+            release()
+
+        async def once() -> None:
+            state["threads"] += 1
+            await self.ctx.backend.call(upload.stage, index, offset, chunk, on_exit=exited)
+
+        try:
+            try:
+                if md5 is not None:
+                    if after is not None:
+                        await after.wait()
+                    await trio.to_thread.run_sync(md5.update, chunk)  # hashlib drops the GIL
+            finally:
+                if hashed is not None:
+                    hashed.set()
+            with trio.move_on_after(self.ctx.request_timeout * 2) as scope:
+                await self._retrying("stage", once)
+            if scope.cancelled_caught:
+                raise Transient(f"{self.path!r}: uploading a part timed out", self.path)
+            self.ctx.count("bytes_written", n)
+        except BackendError as e:
+            if self._error is None:
+                self._error = e
+        finally:
+            state["done"] = True
+            release()
+            self._inflight -= 1
+            if self._part_done is not None:
+                self._part_done.set()
+                self._part_done = None
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def _discard(self, upload: Upload) -> None:
+        """Forget an upload's uncommitted parts, in the background (it may take a request)."""
+
+        async def run() -> None:
+            try:
+                await self.ctx.backend.call(upload.discard)
+            except Exception as e:
+                log.warning("%r: could not discard an upload: %s", self.path, e)
+
+        self.ctx.nursery.start_soon(run)
+
+    async def _open_upload(self, keep: ObjectInfo | None) -> Upload:
+        w = self.ctx.writer
+
+        def open_() -> Upload:
+            up = w.open_upload(self.path, etag=self.etag, keep=keep)
+            prepare = getattr(up, "prepare", None)
+            if prepare is not None:
+                prepare()
+            return up
+
+        return await self._retrying("open", lambda: self.ctx.backend.call(open_))
+
+    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except Transient as e:
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                log.debug("%s %r: %s; retrying in %.2f s", what, self.path, e, delay)
+                await trio.sleep(delay)
+
+    # --- out of order: the staging file becomes the file --------------------------------------
+
+    async def _to_staged(self) -> None:
+        if self.staged:
+            return
+        if self.tee is None:
+            log.warning(
+                "%r: an out-of-order write or truncate needs the staging file, and the staging"
+                " budget is full: ENOSPC",
+                self.path,
+            )
+            raise FUSEError(errno.ENOSPC)
+        tee = self.tee
+        if self.tee_from > 0:
+            # The remote content as opened (or as last committed) fills the start.
+            tee.reserve(self.tee_from)
+            await self._retrying(
+                "read",
+                lambda: self.ctx.backend.call(
+                    self.ctx.backend.sync.read_range_to_fd,
+                    self.path,
+                    0,
+                    self.tee_from,
+                    tee.fd,
+                    0,
+                    self.etag,
+                ),
+            )
+            self.tee_from = 0
+        await self._wait_idle()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
+        if self._upload is not None:
+            self._discard(self._upload)  # parts staged so far are never committed
+            self._upload = None
+        self._parts = []
+        self._md5 = None
+        self._error = None
+        self.staged = True
+
+    # --- reading back ----------------------------------------------------------------------------
+
+    async def read(self, off: int, size: int) -> bytes:
+        async with self._lock:
+            end = min(self.size, off + size)
+            if off >= end:
+                return b""
+            out = b""
+            if off < self.tee_from:
+                upto = min(end, self.tee_from)
+                out = await self._retrying(
+                    "read",
+                    lambda: self.ctx.backend.read_range(self.path, off, upto - off, self.etag),
+                )
+                off += len(out)
+            if off < end:
+                if self.tee is None:
+                    log.warning("%r: its data is not kept locally (staging full): EIO", self.path)
+                    raise FUSEError(errno.EIO)
+                out += self.tee.pread(off, end - off)
+            return out
+
+    # --- committing ------------------------------------------------------------------------------
+
+    async def commit(self) -> ObjectInfo | None:
+        """Commit what was written, if anything changed; the new object (None if unchanged).
+        Raises BackendError with the real reason when the upload failed."""
+        async with self._lock:
+            if self.failed is not None:
+                raise self.failed
+            if not self.dirty or self.unlinked:
+                return None
+            try:
+                info = await self._commit()
+            except BackendError as e:
+                self.failed = e
+                log.warning("%r was not committed: %s", self.path, e)
+                raise
+            self.dirty = False
+            self.etag = info.etag
+            return info
+
+    async def _commit(self) -> ObjectInfo:
+        if self.staged:
+            return await self._commit_staged()
+        if self._upload is None and self.keep is None and self._md5 is not None:
+            return await self._put_whole()
+        if len(self._buf) or self._upload is None:
+            if len(self._buf):
+                await self._ship(len(self._buf))
+            elif self._upload is None:
+                self._upload = await self._open_upload(self.keep)
+        await self._wait_idle()
+        if self._error is not None:
+            raise self._error
+        upload = self._upload
+        assert upload is not None
+        md5 = self._md5.digest() if self._md5 is not None else None
+        info = await self._commit_upload(upload, list(self._parts), md5)
+        self._parts = []
+        return info
+
+    async def _put_whole(self) -> ObjectInfo:
+        """A file that fits one block and was never shipped: one request (Blob: Put Blob).
+        Later writes after this commit go to an upload keeping what it made."""
+        data = self._buf.take(len(self._buf))
+        assert self._md5 is not None
+        self._md5.update(data)
+        md5 = self._md5.digest()
+        upload = await self._open_upload(None)
+        info = await self._retrying_commit(
+            lambda: self.ctx.backend.call(upload.put, data, md5), md5
+        )
+        self.ctx.budget.give(len(data))
+        self._upload = upload
+        self._shipped_end = self.size
+        self.ctx.count("bytes_written", len(data))
+        return info
+
+    async def _commit_upload(
+        self, upload: Upload, parts: list[int], md5: bytes | None
+    ) -> ObjectInfo:
+        return await self._retrying_commit(
+            lambda: self.ctx.backend.call(upload.commit, parts, self.size, md5), md5
+        )
+
+    async def _retrying_commit(self, fn: Callable[[], Any], md5: bytes | None) -> ObjectInfo:
+        """A commit, retried after transient failures; a retry refused as a conflict may be
+        the earlier try having been applied: the object is then checked (size and MD5)."""
+        size = self.size
+        tries = 0
+        while True:
+            try:
+                return await fn()
+            except Transient as e:
+                tries += 1
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**tries) * random.uniform(0.5, 1.0)
+                log.debug("commit %r: %s; retrying in %.2f s", self.path, e, delay)
+                await trio.sleep(delay)
+            except Changed:
+                if tries == 0:
+                    raise
+                # An earlier try may have been applied before its answer was lost.
+                try:
+                    now = await self.ctx.backend.stat(self.path)
+                except NotFound:
+                    raise Changed(f"{self.path!r} changed remotely", self.path) from None
+                if now.size == size and md5 is not None and now.content_md5 == md5:
+                    return now
+                raise
+
+    async def _commit_staged(self) -> ObjectInfo:
+        tee = self.tee
+        assert tee is not None
+        upload = await self._open_upload(None)
+        block = self.ctx.block_size
+        md5 = hashlib.md5()
+        parts: list[int] = []
+        self._error = None
+        for i, off in enumerate(range(0, self.size, block)):
+            n = min(block, self.size - off)
+            while self._inflight >= PARTS_IN_FLIGHT:
+                await self._idle_one()
+            await self.ctx.budget.take(n)  # given back by _stage_part
+            data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
+            self._inflight += 1
+            self._idle = trio.Event()
+            parts.append(i)
+            self.ctx.nursery.start_soon(self._stage_part, upload, i, off, data)
+        await self._wait_idle()
+        if self._error is not None:
+            self._discard(upload)
+            raise self._error
+        info = await self._commit_upload(upload, parts, md5.digest())
+        self._discard(upload)
+        return info
+
+    # --- closing ---------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Let go of everything (after the last commit, or giving up on it)."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.ctx.request_timeout):
+                await self._wait_idle()
+        self.ctx.budget.give(self._buf.clear())
+        self._hashed = None
+        if self._upload is not None and self._inflight == 0:
+            self._discard(self._upload)
+        self._upload = None
+        if self.tee is not None:
+            self.tee.close()
+            self.tee = None
+
+
+def _read_hashed(tee: StagingFile, off: int, n: int, md5: Any) -> bytes:
+    """`n` bytes of the staging file at `off` (zeros past a sparse end), hashed (in a thread)."""
+    data = tee.pread(off, n)
+    if len(data) < n:
+        data += bytes(n - len(data))
+    md5.update(data)
+    return data
