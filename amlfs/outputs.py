@@ -119,50 +119,11 @@ def prepare(outputs: Sequence[Output], rundir: str, run_id: str, taken: Sequence
 
 
 def _mount_rw(out: Output, where: str, run_id: str) -> None:
-    from .fs.config import MountConfig
     from .runmounts import mount
 
-    if "rw" not in getattr(MountConfig, "__dataclass_fields__", {}):
-        raise UsageError(
-            f"output {out.name}: rw_mount needs writable mounts (amlfs mount --rw), which this"
-            " amlfs does not have; use @upload"
-        )
-    dest = out.destination(run_id)
-    _ensure_directory(out, dest)
+    dest = out.destination(run_id)  # the writable mount makes it when it is new
     registry = str(out.datastore.workspace.registry.path)
     mount(registry, f"{out.datastore.name}:{dest}", where, f"output {out.name}", extra=["--rw"])
-
-
-def _ensure_directory(out: Output, dest: str) -> None:
-    """Create the destination (and its parents) of a writable mount: a path with {run-id} in
-    it is new on every run."""
-    from .backends.base import AlreadyExists, NotFound
-
-    if not dest:
-        return
-    backend = out.datastore.backend()
-    try:
-        try:
-            if not backend.stat(dest).is_dir:
-                raise UsageError(f"output {out.name}: {dest!r} is a file, not a directory")
-            return
-        except NotFound:
-            pass
-        try:  # the write side of the backends that writable mounts have
-            from .backends.writers import writer_for  # type: ignore[import-not-found]
-        except ImportError:
-            return  # no writable mounts: `amlfs mount --rw` says so
-        writer = writer_for(backend)
-        parts = dest.split("/")
-        for i in range(1, len(parts) + 1):
-            try:
-                writer.mkdir("/".join(parts[:i]))
-            except AlreadyExists:
-                pass
-    except BackendError as e:
-        raise AmlfsError(f"output {out.name}: cannot create {dest!r}: {e}") from None
-    finally:
-        backend.close()
 
 
 def release(prepared: Prepared) -> None:

@@ -367,13 +367,9 @@ def test_bad_requests_are_invalid_argument(plugin, azurite, blob_files, tmp_path
     assert "mount option" in expect_error(
         invalid, pub, volume_capability=capability(flags=["cache_size=1G,bogus"])
     )
-    # rw: not available in this amlfs (MountConfig has no `rw`)
-    assert "rw mounts need amlfs with writable mount support" == expect_error(
-        invalid,
-        pub,
-        volume_context={**ctx, "rw": "true"},
-        volume_capability=capability(mode=MODE.SINGLE_NODE_WRITER),
-        readonly=False,
+    # rw with a read-only request
+    assert "rw conflicts" in expect_error(
+        invalid, pub, volume_context={**ctx, "rw": "true"}, readonly=True
     )
     # unpublish
     assert "volume_id" in expect_error(
@@ -385,6 +381,22 @@ def test_bad_requests_are_invalid_argument(plugin, azurite, blob_files, tmp_path
         invalid, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id="v")
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_rw_volume_commits_writes(plugin, azurite, blob_files, tmp_path):
+    """rw=true with a writer access mode: a writable mount whose files are committed on close."""
+    target = tmp_path / "rw"
+    ctx = inline_context(azurite, blob_files, path="out", rw="true")
+    cap = capability(mode=MODE.SINGLE_NODE_WRITER)
+    publish(plugin, target, ctx, secrets={"account_key": KEY}, cap=cap, readonly=False)
+    payload = os.urandom(200_000)
+    (target / "ckpt.tmp").write_bytes(payload)
+    os.replace(target / "ckpt.tmp", target / "ckpt.pt")
+    cc = azurite.service().get_container_client(blob_files)
+    assert cc.download_blob("out/ckpt.pt").readall() == payload
+    assert not any(b.name == "out/ckpt.tmp" for b in cc.list_blobs(name_starts_with="out/"))
+    unpublish(plugin, target)
+    assert not os.path.lexists(target)
 
 
 def test_missing_and_wrong_secrets(plugin, azurite, blob_files, tmp_path):

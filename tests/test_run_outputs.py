@@ -44,21 +44,12 @@ PAYLOAD = {
 }
 
 
-def has_rw_mount() -> bool:
-    from amlfs.fs.config import MountConfig
-
-    return "rw" in getattr(MountConfig, "__dataclass_fields__", {})
-
-
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse")
     or not any(
         os.access(os.path.join(d, "fusermount3"), os.X_OK) for d in os.environ["PATH"].split(":")
     ),
     reason="needs /dev/fuse and fusermount3",
-)
-needs_rw_mount = pytest.mark.skipif(
-    not has_rw_mount(), reason="needs writable mounts (MountConfig.rw, amlfs mount --rw)"
 )
 
 
@@ -316,17 +307,7 @@ def test_estimator_outputs_overwrite_false_conflict_is_a_failure(tmp_path, monke
     assert run.returncode == 0 and remote_files(ds, "fixed") == {"a": b"new"}
 
 
-@pytest.mark.skipif(has_rw_mount(), reason="this amlfs has writable mounts")
-def test_rw_mount_without_writable_mounts_is_a_clear_usage_error(tmp_path):
-    reg = str(tmp_path / "ws.yaml")
-    Workspace.from_config(reg).registry.save()
-    p = amlfs(reg, "run", "-o", "m=:x@rw_mount", "--", "true")
-    assert p.returncode == 2 and "use @upload" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
-
-
 @needs_fuse
-@needs_rw_mount
 def test_rw_mount_output_after_success_and_failure(rw_store, payload_dir, tmp_path):
     reg, ds = rw_store
     b = ds.backend()
@@ -349,7 +330,6 @@ def test_rw_mount_output_after_success_and_failure(rw_store, payload_dir, tmp_pa
 
 
 @needs_fuse
-@needs_rw_mount
 def test_rw_mount_output_after_sigterm(rw_store, payload_dir, tmp_path):
     reg, ds = rw_store
     b = ds.backend()
@@ -371,7 +351,6 @@ def test_rw_mount_output_after_sigterm(rw_store, payload_dir, tmp_path):
 
 
 @needs_fuse
-@needs_rw_mount
 def test_rw_mount_output_to_a_new_run_id_path(rw_store, payload_dir, tmp_path):
     reg, ds = rw_store
     p = amlfs(

@@ -244,11 +244,11 @@ def mount(
     if wrap is not None:
         backend = wrap(backend)
     try:
-        check_source(backend, ds, path)
         if config.rw:
             from ..backends.writers import writer_for
 
             writer_for(backend)  # Unsupported: said here, before a daemon starts
+        check_source(backend, ds, path, create=config.rw)
     finally:
         backend.close()
     argv = [sys.executable, "-m", "amlfs"]

@@ -195,7 +195,7 @@ class Node:
         except UsageError as e:
             raise VolumeError(INVALID_ARGUMENT, str(e)) from None
         try:
-            check_source(backend, spec.datastore, spec.path)
+            check_source(backend, spec.datastore, spec.path, create=not spec.readonly)
         except Forbidden as e:
             raise VolumeError(PERMISSION_DENIED, str(e)) from None
         except NotFound as e:

@@ -39,14 +39,6 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _rw_supported() -> bool:
-    import dataclasses
-
-    from ..fs.config import MountConfig
-
-    return any(f.name == "rw" for f in dataclasses.fields(MountConfig))
-
-
 class IdentityService(pb_grpc.IdentityServicer):
     def __init__(self, name: str, ready: threading.Event):
         self.name = name
@@ -67,7 +59,6 @@ class NodeService(pb_grpc.NodeServicer):
     def __init__(self, node: Node, max_volumes: int):
         self.node = node
         self.max_volumes = max_volumes
-        self.rw_supported = _rw_supported()
 
     def NodeGetCapabilities(self, request, context):  # noqa: N802
         # One daemon per publish: no STAGE_UNSTAGE_VOLUME, no stats (the mount has `amlfs stats`).
@@ -109,7 +100,6 @@ class NodeService(pb_grpc.NodeServicer):
                 readonly_request=request.readonly,
                 access_mode_readonly=cap.access_mode.mode in _READ_ONLY_MODES,
                 registry_path=self.node.registry_path,
-                rw_supported=self.rw_supported,
             )
             for note in spec.notes:
                 log.info("volume %s: %s", spec.volume_id, note)

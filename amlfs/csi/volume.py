@@ -166,7 +166,6 @@ def build_spec(
     readonly_request: bool,
     access_mode_readonly: bool,
     registry_path: str | None,
-    rw_supported: bool,
 ) -> VolumeSpec:
     """Validate a publish request; VolumeError (with its CSI code) for anything unusable."""
     if not volume_id:
@@ -196,8 +195,6 @@ def build_spec(
     wants_ro = any(k in options and _truthy(k, options[k]) for k in ("ro", "readonly"))
     if wants_rw and (wants_ro or readonly_request or access_mode_readonly):
         raise invalid("rw conflicts with a read-only request (readonly, ro or a reader-only mode)")
-    if wants_rw and not rw_supported:
-        raise invalid("rw mounts need amlfs with writable mount support")
     fuse = ["allow_other", *sorted(k for k in options if k in _FUSE_FLAGS)]
     try:
         config, notes = MountConfig.from_options(
@@ -205,11 +202,10 @@ def build_spec(
             immutable="immutable" in options and _truthy("immutable", options["immutable"]),
             fuse_options=tuple(fuse),
             nonempty=False,
+            rw=wants_rw,
         )
     except UsageError as e:
         raise invalid(str(e).replace("--", "").replace("-", "_", 1)) from None
-    if wants_rw:
-        config = dataclasses.replace(config, rw=True)  # type: ignore[call-arg]
     fingerprint = hashlib.sha256(
         json.dumps(
             {

@@ -8,6 +8,7 @@ sends READY=1 once the mount is live and STOPPING=1 on the way down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -74,18 +75,38 @@ class StatusPipe:
         self._send(f"error {code} {message}")
 
 
-def check_source(backend: Backend, ds: DatastoreConfig, path: str) -> ObjectInfo:
-    """The directory to mount, or a clear error: UsageError when it is missing or a file."""
+def check_source(
+    backend: Backend, ds: DatastoreConfig, path: str, create: bool = False
+) -> ObjectInfo:
+    """The directory to mount, or a clear error: UsageError when it is missing or a file. With
+    `create` (a writable mount) a missing directory is made, with its parents: an output path
+    such as `runs/{run-id}` is new on every run."""
     path = normpath(path)
     # The mount's backend does not retry (the daemon does, per request): retry these here.
     retry(backend.check_access, attempts=4)
     try:
         info = retry(lambda: backend.stat(path), attempts=4)
     except NotFound:
-        raise UsageError(f"path {path!r} does not exist in datastore {ds.name!r}") from None
+        if not create:
+            raise UsageError(f"path {path!r} does not exist in datastore {ds.name!r}") from None
+        _make_dirs(backend, path)
+        return ObjectInfo(path=path, is_dir=True, mtime=time.time())
     if not info.is_dir:
         raise UsageError(f"path {path!r} in datastore {ds.name!r} is a file, not a directory")
     return ObjectInfo(path=path, is_dir=True, mtime=info.mtime)
+
+
+def _make_dirs(backend: Backend, path: str) -> None:
+    from ..backends.base import AlreadyExists
+    from ..backends.writers import writer_for
+
+    writer = writer_for(backend)
+    parts = path.split("/")
+    for i in range(1, len(parts) + 1):
+        try:
+            retry(functools.partial(writer.mkdir, "/".join(parts[:i])), attempts=4)
+        except AlreadyExists:
+            pass
 
 
 # pyfuse3 passes mount options as ASCII: anything else in the fsname (and '%' itself) is
@@ -201,7 +222,7 @@ def _run(
     if wrap is not None:
         backend = wrap(backend)
     try:
-        root = check_source(backend, ds, path)
+        root = check_source(backend, ds, path, create=config.rw)
         tb = TrioBackend(backend, max_threads=config.max_threads)
         stats = Stats()
         datapath = DataPath(tb, config.datapath(), stats)
