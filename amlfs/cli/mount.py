@@ -25,7 +25,7 @@ _IGNORED = {"rw", "ro", "defaults", "_netdev", "nofail", "auto", "noauto", "user
 # amlfs settings that may also come as -o NAME=VALUE (so that an /etc/fstab line can set them).
 _AMLFS_VALUED = {
     "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
-    "read_timeout", "log_file", "registry", "read_ahead",
+    "read_timeout", "log_file", "registry", "read_ahead", "cache_dir", "disk_cache_size",
 }  # fmt: skip
 
 
@@ -36,6 +36,8 @@ class ParsedOptions:
     nonempty: bool = False
     immutable: bool = False
     debug: bool = False
+    no_disk_cache: bool = False
+    preload: bool = False
 
 
 def parse_o(values: tuple[str, ...]) -> ParsedOptions:
@@ -52,6 +54,10 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
                 out.immutable = True
             elif name == "debug" and not eq:
                 out.debug = True
+            elif name == "no_disk_cache" and not eq:
+                out.no_disk_cache = True
+            elif name == "preload" and not eq:
+                out.preload = True
             elif name in _FUSE_FLAGS and not eq:
                 out.fuse.append(name)
             elif name in _FUSE_VALUED and eq and arg:
@@ -94,6 +100,22 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     metavar="SIZE",
     help="The kernel's read-ahead for the mount, needs root (default 4MiB; 0: the kernel's).",
 )
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    help="The persistent disk cache, shared with other mounts (default ~/.cache/amlfs).",
+)
+@click.option(
+    "--disk-cache-size",
+    metavar="SIZE",
+    help="Cap of the disk cache (default the smaller of 50GiB and a fifth of its filesystem).",
+)
+@click.option("--no-disk-cache", is_flag=True, help="Keep nothing on disk: memory cache only.")
+@click.option(
+    "--preload",
+    is_flag=True,
+    help="After mounting, fill the disk cache with the whole path in the background.",
+)
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help="Mount options.")
 @click.option("--debug", is_flag=True, help="Log every request (to --log-file or stderr).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="The daemon's log.")
@@ -120,6 +142,10 @@ def mount(
     immutable: bool,
     read_timeout: str | None,
     read_ahead: str | None,
+    cache_dir: str | None,
+    disk_cache_size: str | None,
+    no_disk_cache: bool,
+    preload: bool,
     options: tuple[str, ...],
     debug: bool,
     log_file: str | None,
@@ -131,7 +157,7 @@ def mount(
 
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
-    nonempty, immutable, debug, the kernel's nodev/nosuid/noexec/noatime..., and every long
+    nonempty, immutable, debug, no_disk_cache, preload, the kernel's nodev/nosuid/noexec/noatime..., and every long
     option above as NAME=VALUE (cache_size=2G, attr_timeout=forever, registry=FILE, ...).
     """
     from ..fs.config import MountConfig
@@ -163,6 +189,10 @@ def mount(
                 nonempty=o.nonempty,
                 debug=debug or o.debug or app.debug,
                 log_file=os.path.abspath(log_file) if log_file else None,
+                cache_dir=pick(cache_dir, "cache_dir"),
+                disk_cache_size=pick(disk_cache_size, "disk_cache_size"),
+                no_disk_cache=no_disk_cache or o.no_disk_cache,
+                preload=preload or o.preload,
             )
             for note in notes:
                 click.echo(f"amlfs: {note}", err=True)
@@ -322,5 +352,16 @@ def stats(mountpoint: str, as_json: bool, watch: bool, interval: float, count: i
     counters = facts.pop("counters", {})
     for key in ("datastore", "path", "mountpoint", "pid"):
         click.echo(f"{key:<24} {facts.get(key)}")
+    disk = facts.get("disk")
+    if disk:
+        from ..units import human
+
+        used = "scanning" if disk.get("used") is None else human(disk["used"])
+        click.echo(f"{'disk_cache':<24} {disk['dir']} {used} of {human(disk['capacity'])}"
+                   f" ({disk['state']})")  # fmt: skip
+    else:
+        click.echo(f"{'disk_cache':<24} off")
+    for key, value in sorted((facts.get("preload") or {}).items()):
+        click.echo(f"{'preload.' + key:<24} {value}")
     for key, value in sorted(counters.items()):
         click.echo(f"{key:<24} {value}")

@@ -10,12 +10,15 @@ few blocks, so a cache smaller than `MIN_BLOCKS_CACHED` blocks gets smaller bloc
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import UsageError
 from ..units import FOREVER, GiB, KiB, MiB, human, parse_seconds, parse_size
 from .datapath import DataPathConfig
+from .diskcache import default_cache_dir
+from .diskcache import default_size as default_disk_size
 from .inodes import ENTRY_BYTES, Timeouts
 from .operations import OperationsConfig
 
@@ -51,6 +54,13 @@ class MountConfig:
     listing_queue: int = 256  # directories queued for background listing
     debug: bool = False
     log_file: str | None = None
+    # --- the persistent disk cache (diskcache.py, disktier.py) --------------------------------
+    disk_cache: bool = (
+        True  # keep fetched blocks on disk, shared with other mounts (--no-disk-cache)
+    )
+    cache_dir: str = ""  # where (absolute; resolved when built from options)
+    disk_cache_bytes: int = 0  # its size cap (resolved when built from options)
+    preload: bool = False  # hydrate the whole mounted path into the disk cache after mounting
 
     @property
     def max_listing_entries(self) -> int:
@@ -76,6 +86,10 @@ class MountConfig:
         nonempty: bool = False,
         debug: bool = False,
         log_file: str | None = None,
+        cache_dir: str | None = None,
+        disk_cache_size: str | None = None,
+        no_disk_cache: bool = False,
+        preload: bool = False,
     ) -> tuple[MountConfig, list[str]]:
         """Parse and validate option values as given (None: the default). Returns the config
         and one-line notes about what was adjusted. UsageError for anything unusable."""
@@ -93,7 +107,20 @@ class MountConfig:
             if immutable or attr >= FOREVER
             else Timeouts(attr=attr, listing=lst, negative=neg)
         )
+        cdir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+        if os.path.exists(cdir) and not os.path.isdir(cdir):
+            raise UsageError(f"bad --cache-dir {cdir}: not a directory")
+        if disk_cache_size is not None:
+            dsize = parse_size(disk_cache_size, "--disk-cache-size", 1 * MiB, 1 << 60)
+        else:
+            dsize = default_disk_size(cdir)
+        if preload and no_disk_cache:
+            raise UsageError("--preload fills the disk cache: it cannot go with --no-disk-cache")
         config = cls(
+            disk_cache=not no_disk_cache,
+            cache_dir=cdir,
+            disk_cache_bytes=dsize,
+            preload=preload,
             block_size=bs,
             cache_bytes=cache,
             timeouts=timeouts,
@@ -159,6 +186,8 @@ class MountConfig:
             "read_timeout": self.read_timeout,
             "max_listing_entries": self.max_listing_entries,
             "max_inflight": self.max_inflight,
+            "disk_cache": self.disk_cache,
+            "preload": self.preload,
         }
 
     # --- handing it to a background daemon -----------------------------------------------------

@@ -29,8 +29,10 @@ from ..backends.base import (
 )
 from ..backends.bridge import TrioBackend
 from ..errors import AmlfsError, UsageError
-from ..registry import DatastoreConfig
+from ..registry import LOCAL, DatastoreConfig
 from .config import MountConfig
+from .diskcache import ChunkStore, StoreId, default_cache_dir, default_size
+from .disktier import DiskTier
 from .notify import sd_notify
 from .operations import Operations
 from .stats import Stats
@@ -152,6 +154,27 @@ def set_read_ahead(
     return True
 
 
+def store_id(ds: DatastoreConfig) -> StoreId | None:
+    """Where the datastore's objects live, for the disk cache's keys (None: `local`, not cached)."""
+    if ds.type == LOCAL:
+        return None
+    endpoint = ds.account_url or f"{ds.protocol}://{ds.account_name}.{ds.endpoint}"
+    container = ds.container_name or ds.file_share_name or ds.filesystem or ""
+    return StoreId(ds.type, endpoint.rstrip("/"), container)
+
+
+def disk_tier(ds: DatastoreConfig, config: MountConfig, stats: Stats) -> DiskTier | None:
+    """The mount's disk tier, or None (--no-disk-cache, a `local` datastore)."""
+    sid = store_id(ds)
+    if not config.disk_cache or sid is None:
+        return None
+    cache_dir = config.cache_dir or default_cache_dir()
+    cap = config.disk_cache_bytes or default_size(cache_dir)
+    store = ChunkStore(cache_dir, cap)
+    log.info("disk cache at %s, at most %d bytes", store.root, cap)
+    return DiskTier(store, sid, ds.name, config.block_size, stats)
+
+
 def run_mount(
     ds: DatastoreConfig,
     path: str,
@@ -193,7 +216,8 @@ def _run(
         root = check_source(backend, ds, path)
         tb = TrioBackend(backend, max_threads=config.max_threads)
         stats = Stats()
-        datapath = DataPath(tb, config.datapath(), stats)
+        disk = disk_tier(ds, config, stats)
+        datapath = DataPath(tb, config.datapath(), stats, disk=disk)
         started = time.time()
         live: dict[str, Any] = {"read_ahead": None}  # what _when_live managed to set
 
@@ -208,6 +232,7 @@ def _run(
                 **config.describe(),
                 "read_ahead": live["read_ahead"],
                 "memory": datapath.budget.snapshot(),
+                "disk": disk.describe() if disk is not None else None,
             }
 
         ops = Operations(tb, datapath, root, stats, config.operations(), describe=describe)

@@ -29,6 +29,7 @@ from ..backends.base import Abort, BackendError, Changed, Transient
 from ..backends.bridge import TrioBackend
 from .blockcache import BlockCache, Extent
 from .budget import MemoryBudget
+from .disktier import DiskTier
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,15 @@ class Fetch:
     """One extent in flight: its priority, who wants it, and how to stop it."""
 
     __slots__ = (
-        "extent", "priority", "files", "owners", "waiters", "scope", "started", "charged"
+        "extent", "priority", "files", "owners", "waiters", "scope", "started", "charged",
+        "size", "from_network",
     )  # fmt: skip
 
-    def __init__(self, extent: Extent, priority: int):
+    def __init__(self, extent: Extent, priority: int, size: int | None = None):
         self.extent = extent
         self.priority = priority
+        self.size = size  # of the whole object, when known (the disk tier needs it)
+        self.from_network = False  # its bytes came from the storage (not the disk tier)
         self.files = priority == FILES  # a small-file prefetch (counted in _files_pending)
         self.owners: set[object] = set()  # handles (or the small-file prefetcher) that asked
         self.waiters = 0  # reads blocked on it
@@ -90,8 +94,10 @@ class Fetcher:
         *,
         read_timeout: float,
         max_inflight: int,
+        disk: DiskTier | None = None,
     ):
         self.backend = backend
+        self.disk = disk
         self.cache = cache
         self.budget = budget
         self.stats = stats
@@ -121,11 +127,13 @@ class Fetcher:
         finally:
             self._nursery = None
 
-    def start(self, path: str, etag: str | None, lo: int, hi: int, priority: int) -> Fetch:
-        """A fetch of [lo, hi), indexed in the cache; its buffer must already be charged to the
-        budget ("inflight")."""
+    def start(
+        self, path: str, etag: str | None, lo: int, hi: int, priority: int, size: int | None = None
+    ) -> Fetch:
+        """A fetch of [lo, hi) of an object of `size` bytes, indexed in the cache; its buffer
+        must already be charged to the budget ("inflight")."""
         ext = self.cache.add(path, etag, lo, hi, prefetch=priority != DEMAND)
-        fetch = ext.fetch = Fetch(ext, priority)
+        fetch = ext.fetch = Fetch(ext, priority, size)
         if priority == FILES:
             self.files_pending += 1
         self._spawn(fetch)
@@ -187,15 +195,17 @@ class Fetcher:
 
     async def _fetch_task(self, fetch: Fetch, scope: trio.CancelScope) -> None:
         ext = fetch.extent
-        limiters = [self._limiter]
-        if fetch.priority != DEMAND:
-            limiters.insert(0, self._prefetch_limiter)
-            if fetch.priority == FILES:
-                limiters.insert(0, self._files_limiter)
         held: list[trio.CapacityLimiter] = []
         try:
             with scope:
                 try:
+                    if await self._from_disk(fetch):
+                        return
+                    limiters = [self._limiter]
+                    if fetch.priority != DEMAND:
+                        limiters.insert(0, self._prefetch_limiter)
+                        if fetch.priority == FILES:
+                            limiters.insert(0, self._files_limiter)
                     for lim in limiters:
                         await lim.acquire()
                         held.append(lim)
@@ -204,6 +214,7 @@ class Fetcher:
                 finally:
                     for lim in reversed(held):
                         lim.release()
+                await self._to_disk(fetch)
         except BackendError as e:
             if fetch.scope is scope:
                 if fetch.priority != DEMAND:
@@ -218,6 +229,55 @@ class Fetcher:
                 self._uncharge(fetch)
                 if ext.pending:  # cancelled: shutdown, or nobody wants it
                     self._finish(fetch, BackendError("the read was cancelled", ext.path))
+
+    async def _from_disk(self, fetch: Fetch) -> bool:
+        """Serve the extent from the disk tier if it holds it (before taking a network slot, so
+        a disk hit never queues behind the network). Marked started meanwhile: a promotion does
+        not requeue it, and the worker thread filling its buffer is always waited for."""
+        ext = fetch.extent
+        disk = self.disk
+        if disk is None or fetch.size is None or ext.etag is None or not disk.usable(ext.etag):
+            return False
+        buf = bytearray(ext.size)
+        fetch.started = True
+        try:
+            hit = await disk.read(ext.path, ext.etag, fetch.size, ext.start, buf)
+        finally:
+            fetch.started = False
+        if not ext.pending:
+            return True  # given up meanwhile (nobody wants it): nothing to complete
+        if not hit:
+            return False
+        ext.data = buf
+        self._completed(fetch, buf)
+        return True
+
+    async def _to_disk(self, fetch: Fetch) -> None:
+        """After a fetch from the network: store the extent on disk if it is a whole chunk,
+        pinned meanwhile so the memory it is written from stays within the budget."""
+        ext = fetch.extent
+        disk = self.disk
+        if disk is None or not fetch.from_network or ext.error is not None or not ext.cached:
+            return
+        if ext.etag is None or not disk.writable(ext.etag, ext.start, ext.end, fetch.size):
+            return
+        assert ext.data is not None
+        self.cache.pin(ext)
+        try:
+            await disk.write(ext.path, ext.etag, ext.start, memoryview(ext.data).toreadonly())
+        finally:
+            self.cache.unpin(ext)
+
+    def _completed(self, fetch: Fetch, buf: bytearray) -> None:
+        """The extent's bytes are all in `buf`: to the cache (its charge too), readers woken."""
+        ext = fetch.extent
+        fetch.charged = False
+        if self.cache.complete(ext, buf):
+            self.budget.move("inflight", "cache", ext.size)
+            self.budget.settle()
+        else:
+            self.budget.give("inflight", ext.size)
+        self._disown(fetch)
 
     async def _get(self, fetch: Fetch) -> None:
         """Fetch the extent, retrying transient failures with jittered backoff; give up after
@@ -244,13 +304,8 @@ class Fetcher:
                     attempt += 1
                     await trio.sleep(delay)
                     continue
-                fetch.charged = False
-                if self.cache.complete(ext, buf):
-                    self.budget.move("inflight", "cache", ext.size)
-                    self.budget.settle()
-                else:
-                    self.budget.give("inflight", ext.size)
-                self._disown(fetch)
+                fetch.from_network = True
+                self._completed(fetch, buf)
                 return
         why = f" (last error: {last})" if last is not None else ""
         raise BackendError(f"reading {ext.path!r} timed out after {timeout:g} s{why}", ext.path)

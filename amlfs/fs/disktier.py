@@ -1,0 +1,171 @@
+"""The disk tier of a mount: the chunk store (diskcache.py) seen from the trio thread.
+
+The fetcher asks it before the network (`read`) and hands it what came from the network
+(`write`); both run in worker threads, a few at a time, so the trio loop never waits on the
+disk. A chunk is one block of the mount (block-aligned, the block size long, shorter only at the
+end of a file); an extent that is a whole block is read straight into its buffer (no copy).
+
+Fails soft: a disk error (EIO, ENOSPC, a read-only or vanished directory...) turns the tier off
+for `OFF_FOR` seconds, logged once; reads go to the network meanwhile. A chunk that does not check
+is unlinked, counted (`disk_corrupt`) and fetched again.
+
+Counters (trio thread): disk_hits, disk_misses, disk_bytes_read, disk_writes, disk_bytes_written,
+disk_write_skipped (no room), disk_corrupt, disk_errors.
+
+Concurrency contract: the trio thread only (the store's methods run in worker threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from .diskcache import ChunkError, ChunkStore, StoreId
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+#: a disk error turns the tier off this long
+OFF_FOR = 60.0
+#: the store is rescanned this often (other processes' writes, chunks touched by them); its
+#: writers also rescan after every RESCAN_SHARE of the cap written (diskcache.py)
+RESCAN_EVERY = 30.0
+READ_THREADS = 4
+WRITE_THREADS = 2
+
+
+class DiskTier:
+    def __init__(
+        self,
+        store: ChunkStore,
+        sid: StoreId,
+        datastore: str,
+        block_size: int,
+        stats: Stats,
+    ):
+        self.store = store
+        self.sid = sid
+        self.datastore = datastore
+        self.block_size = block_size
+        self.stats = stats
+        self._read_limiter = trio.CapacityLimiter(READ_THREADS)
+        self._write_limiter = trio.CapacityLimiter(WRITE_THREADS)
+        self.off_until = 0.0
+        self.last_error: str | None = None
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def usable(self, etag: str | None) -> bool:
+        """Chunks are keyed by ETag: an object without one is never cached on disk."""
+        return etag is not None and time.monotonic() >= self.off_until
+
+    def chunk(self, start: int, end: int, size: int) -> tuple[int, int] | None:
+        """(offset, length) of the chunk holding [start, end) of a file of `size` bytes, or None
+        when the range spans chunks."""
+        bs = self.block_size
+        cstart = start - start % bs
+        clen = min(bs, size - cstart)
+        if end > cstart + clen or clen <= 0:
+            return None
+        return cstart, clen
+
+    def _off(self, e: OSError, what: str) -> None:
+        self.stats.incr("disk_errors")
+        was_on = time.monotonic() >= self.off_until
+        self.off_until = time.monotonic() + OFF_FOR
+        self.last_error = f"{what}: {e}"
+        if was_on:
+            log.warning("disk cache off for %g s after %s: %s", OFF_FOR, what, e)
+
+    # --- reads and writes ----------------------------------------------------------------------
+
+    async def read(self, path: str, etag: str, size: int, start: int, buf: bytearray) -> bool:
+        """Fill `buf` (bytes [start, start + len(buf)) of the file) from the disk: True on a hit.
+        A miss, a corrupt chunk or a disk error: False (the caller fetches from the network)."""
+        c = self.chunk(start, start + len(buf), size)
+        if c is None:
+            return False
+        cstart, clen = c
+        key = self.sid.key(path, etag, cstart, clen)
+        whole = cstart == start and clen == len(buf)
+        target = buf if whole else bytearray(clen)
+        try:
+            hit = await trio.to_thread.run_sync(
+                self.store.read_into, self.sid, key, cstart, memoryview(target),
+                limiter=self._read_limiter,
+            )  # fmt: skip
+        except ChunkError as e:
+            self.stats.incr("disk_corrupt")
+            log.warning("disk cache: %s: discarded, fetching again", e)
+            hit = False
+        except OSError as e:
+            self._off(e, f"reading a chunk of {path!r}")
+            hit = False
+        if not hit:
+            self.stats.incr("disk_misses")
+            return False
+        if not whole:
+            lo = start - cstart
+            buf[:] = memoryview(target)[lo : lo + len(buf)]
+        self.stats.incr("disk_hits")
+        self.stats.incr("disk_bytes_read", len(buf))
+        return True
+
+    def writable(self, etag: str | None, start: int, end: int, size: int | None) -> bool:
+        """[start, end) of the file is a whole chunk that the tier would store."""
+        if size is None or not self.usable(etag):
+            return False
+        return self.chunk(start, end, size) == (start, end - start)
+
+    async def write(self, path: str, etag: str, start: int, data: bytes | memoryview) -> None:
+        """Store a whole chunk (see `writable`), in a worker thread."""
+        key = self.sid.key(path, etag, start, len(data))
+        try:
+            ok = await trio.to_thread.run_sync(self._write, key, start, data,
+                                               limiter=self._write_limiter)  # fmt: skip
+        except OSError as e:
+            self._off(e, f"writing a chunk of {path!r}")
+            return
+        if not ok:
+            self.stats.incr("disk_write_skipped")
+            return
+        self.stats.incr("disk_writes")
+        self.stats.incr("disk_bytes_written", len(data))
+
+    def _write(self, key: bytes, start: int, data: bytes | memoryview) -> bool:
+        self.store.describe_store(self.sid, self.datastore)
+        return self.store.write(self.sid, key, start, data)
+
+    async def has(self, path: str, etag: str, start: int, length: int) -> bool:
+        key = self.sid.key(path, etag, start, length)
+        try:
+            return await trio.to_thread.run_sync(self.store.contains, self.sid, key,
+                                                 limiter=self._read_limiter)  # fmt: skip
+        except OSError as e:
+            self._off(e, f"looking up a chunk of {path!r}")
+            return False
+
+    # --- the background index ------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Learn the store's size in the background, now and then (never before serving)."""
+        task_status.started()
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.store.rescan, abandon_on_cancel=True)
+            except OSError as e:
+                self._off(e, "scanning the cache directory")
+            await trio.sleep(RESCAN_EVERY)
+
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "dir": self.store.root,
+            "capacity": self.store.capacity,
+            "used": self.store.used if self.store.scanned else None,
+            "state": "on" if now >= self.off_until else f"off for {self.off_until - now:.0f} s",
+            "last_error": self.last_error,
+        }
