@@ -375,3 +375,30 @@ def test_eviction_under_a_reader_is_safe(mounts, backend, blob_config, cache):
         t.join()
     assert errors == []
     assert counters(mp).get("disk_corrupt", 0) == 0
+
+
+# --- preload -------------------------------------------------------------------------------------
+
+
+def test_preload_finishes_then_serves_with_zero_network_reads(mounts, backend, blob_config, cache):
+    put_files(backend)
+    backend.write_bytes("outside", b"not under the mounted path")
+    under = {k.removeprefix("a/"): v for k, v in FILES.items() if k.startswith("a/")}
+    mp = mounts.mount(f"{blob_config.name}:a", *dc(cache, "--preload"))
+    done = wait_for(
+        lambda: (p := control.read_facts(str(mp))["preload"])["state"] == "done" and p,
+        what="the preload",
+    )
+    assert done["files_total"] == done["files_done"] == len(under)
+    assert done["bytes_total"] == done["bytes_done"] == sum(under.values())
+    assert done["files_failed"] == 0
+    before = counters(mp)
+    assert before.get("disk_writes", 0) == sum(chunks_of(s) for s in under.values())
+    for name, size in under.items():
+        assert (mp / name).read_bytes() == data("a/" + name, size)
+    after = counters(mp)
+    assert after["bytes_fetched"] == before["bytes_fetched"]  # not one byte from the network
+    assert after.get("backend.read_range") == before.get("backend.read_range")
+    assert after["disk_hits"] == sum(chunks_of(s) for s in under.values())
+    shown = mounts.cli("stats", str(mp)).stdout
+    assert "preload.files_done" in shown

@@ -35,6 +35,7 @@ from .diskcache import ChunkStore, StoreId, default_cache_dir, default_size
 from .disktier import DiskTier
 from .notify import sd_notify
 from .operations import Operations
+from .preload import Preloader
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,10 @@ def _run(
         stats = Stats()
         disk = disk_tier(ds, config, stats)
         datapath = DataPath(tb, config.datapath(), stats, disk=disk)
+        preload = None
+        if config.preload and disk is not None:
+            preload = Preloader(tb, disk, datapath.budget, stats, block_size=config.block_size,
+                                slot=datapath.fetcher.background_slot)  # fmt: skip
         started = time.time()
         live: dict[str, Any] = {"read_ahead": None}  # what _when_live managed to set
 
@@ -233,6 +238,7 @@ def _run(
                 "read_ahead": live["read_ahead"],
                 "memory": datapath.budget.snapshot(),
                 "disk": disk.describe() if disk is not None else None,
+                "preload": dict(preload.progress) if preload is not None else None,
             }
 
         ops = Operations(tb, datapath, root, stats, config.operations(), describe=describe)
@@ -244,7 +250,7 @@ def _run(
             raise AmlfsError(f"cannot mount at {mountpoint}: {e}") from None
         log.info("mounted %s:%s at %s (pid %d)", ds.name, path, mountpoint, os.getpid())
         try:
-            trio.run(_serve, ops, datapath, config, status, mountpoint, live)
+            trio.run(_serve, ops, datapath, config, status, mountpoint, live, preload, path)
         except BaseException:
             log.exception("the mount daemon failed; unmounting")
             raise
@@ -264,12 +270,16 @@ async def _serve(
     status: StatusPipe,
     mountpoint: str,
     live: dict[str, Any],
+    preload: Preloader | None,
+    path: str,
 ) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(datapath.run)
         await nursery.start(ops.run)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         nursery.start_soon(_when_live, ops, config, status, mountpoint, live)
+        if preload is not None:
+            nursery.start_soon(_preload_when_live, ops, preload, path)
         await pyfuse3.main(max_tasks=config.max_tasks)
         nursery.cancel_scope.cancel()
 
@@ -286,6 +296,11 @@ async def _when_live(
         live["read_ahead"] = config.read_ahead
     status.ready()
     sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
+
+
+async def _preload_when_live(ops: Operations, preload: Preloader, path: str) -> None:
+    await ops.initialized.wait()
+    await preload.run(path)
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:

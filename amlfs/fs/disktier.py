@@ -120,20 +120,21 @@ class DiskTier:
             return False
         return self.chunk(start, end, size) == (start, end - start)
 
-    async def write(self, path: str, etag: str, start: int, data: bytes | memoryview) -> None:
-        """Store a whole chunk (see `writable`), in a worker thread."""
+    async def write(self, path: str, etag: str, start: int, data: bytes | memoryview) -> bool:
+        """Store a whole chunk (see `writable`), in a worker thread; False if it was not."""
         key = self.sid.key(path, etag, start, len(data))
         try:
             ok = await trio.to_thread.run_sync(self._write, key, start, data,
                                                limiter=self._write_limiter)  # fmt: skip
         except OSError as e:
             self._off(e, f"writing a chunk of {path!r}")
-            return
+            return False
         if not ok:
             self.stats.incr("disk_write_skipped")
-            return
+            return False
         self.stats.incr("disk_writes")
         self.stats.incr("disk_bytes_written", len(data))
+        return True
 
     def _write(self, key: bytes, start: int, data: bytes | memoryview) -> bool:
         self.store.describe_store(self.sid, self.datastore)

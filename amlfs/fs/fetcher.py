@@ -4,7 +4,12 @@ outlives the read that started it and can be shared, and settles the memory of i
 
 Priority: fetches a reader waits for take a slot of `max_inflight` directly; prefetches must
 first get a slot of a smaller limiter that leaves `DEMAND_RESERVE` slots to readers, small-file
-prefetches a slot of a smaller one still. A reader that needs a queued prefetch promotes it.
+prefetches (and a preload, `background_slot`) a slot of a smaller one still. A reader that needs
+a queued prefetch promotes it.
+
+The disk tier (disktier.py), when there is one, is asked before a fetch takes a storage slot (a
+disk hit never queues behind the network), and is given every whole block fetched from the
+storage afterwards (the extent pinned meanwhile, its memory in the budget).
 
 Cancellation: a fetch nobody wants any more is cancelled: the backend call is aborted (the
 connection is shut down, so its worker thread stops receiving at once) and its buffer stays
@@ -21,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -106,6 +112,7 @@ class Fetcher:
         self._limiter = trio.CapacityLimiter(n)
         self._prefetch_limiter = trio.CapacityLimiter(max(1, n - DEMAND_RESERVE))
         self._files_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
+        self._preload_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
         self.files_pending = 0  # small-file prefetches not over yet
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -126,6 +133,13 @@ class Fetcher:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+
+    @asynccontextmanager
+    async def background_slot(self) -> AsyncIterator[None]:
+        """A storage slot for work below every read and prefetch (preload): at most half the
+        prefetch slots, which leave DEMAND_RESERVE slots to readers."""
+        async with self._preload_limiter, self._prefetch_limiter, self._limiter:
+            yield
 
     def start(
         self, path: str, etag: str | None, lo: int, hi: int, priority: int, size: int | None = None
