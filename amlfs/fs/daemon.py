@@ -29,10 +29,10 @@ from ..backends.base import (
 )
 from ..backends.bridge import TrioBackend
 from ..errors import AmlfsError, UsageError
-from ..registry import LOCAL, DatastoreConfig
+from ..registry import DatastoreConfig
 from .config import MountConfig
-from .diskcache import ChunkStore, StoreId, default_cache_dir, default_size
-from .disktier import DiskTier
+from .diskcache import ChunkStore, default_cache_dir, default_size
+from .disktier import DiskTier, store_id
 from .notify import sd_notify
 from .operations import Operations
 from .preload import Preloader
@@ -153,15 +153,6 @@ def set_read_ahead(
         return False
     log.debug("kernel read-ahead for %s set to %d KiB", mountpoint, nbytes // 1024)
     return True
-
-
-def store_id(ds: DatastoreConfig) -> StoreId | None:
-    """Where the datastore's objects live, for the disk cache's keys (None: `local`, not cached)."""
-    if ds.type == LOCAL:
-        return None
-    endpoint = ds.account_url or f"{ds.protocol}://{ds.account_name}.{ds.endpoint}"
-    container = ds.container_name or ds.file_share_name or ds.filesystem or ""
-    return StoreId(ds.type, endpoint.rstrip("/"), container)
 
 
 def disk_tier(ds: DatastoreConfig, config: MountConfig, stats: Stats) -> DiskTier | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from ..registry import LOCAL, DatastoreConfig
 from .diskcache import ChunkError, ChunkStore, StoreId
 from .stats import Stats
 
@@ -170,3 +171,12 @@ class DiskTier:
             "state": "on" if now >= self.off_until else f"off for {self.off_until - now:.0f} s",
             "last_error": self.last_error,
         }
+
+
+def store_id(ds: DatastoreConfig) -> StoreId | None:
+    """Where the datastore's objects live, for the disk cache's keys (None: `local`, not cached)."""
+    if ds.type == LOCAL:
+        return None
+    endpoint = ds.account_url or f"{ds.protocol}://{ds.account_name}.{ds.endpoint}"
+    container = ds.container_name or ds.file_share_name or ds.filesystem or ""
+    return StoreId(ds.type, endpoint.rstrip("/"), container)

@@ -163,3 +163,57 @@ class Preloader:
 
 def _files_below(backend, path: str) -> list[ObjectInfo]:
     return [i for i in backend.walk(path) if not i.is_dir]
+
+
+#: the memory a warm (no mount) may hold in block buffers, at most
+WARM_MEMORY = 256 << 20
+
+
+def warm(
+    backend,
+    ds,
+    path: str,
+    *,
+    cache_dir: str,
+    capacity: int,
+    block_size: int,
+    workers: int = CONCURRENCY,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Preload `path` of datastore `ds` (opened as `backend`) into the disk cache at `cache_dir`
+    without a mount (`amlfs cache warm`), `block_size` being that of the mounts that will read
+    it; the final progress and the counters. UsageError for a `local` datastore."""
+    from ..errors import UsageError
+    from .diskcache import ChunkStore
+    from .disktier import store_id
+
+    sid = store_id(ds)
+    if sid is None:
+        raise UsageError(f"datastore {ds.name!r} is local: it is never cached on disk")
+    stats = Stats()
+    tb = TrioBackend(backend, max_threads=workers + 4)
+    store = ChunkStore(cache_dir, capacity)
+    disk = DiskTier(store, sid, ds.name, block_size, stats)
+    budget = MemoryBudget(max(WARM_MEMORY, 2 * workers * block_size), stats)
+    limiter = trio.CapacityLimiter(workers)
+
+    def slot() -> trio.CapacityLimiter:
+        return limiter
+
+    pre = Preloader(tb, disk, budget, stats, block_size=block_size, slot=slot, concurrency=workers)
+
+    async def main() -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            if on_progress is not None:
+
+                async def report() -> None:
+                    while True:
+                        on_progress(pre.progress)
+                        await trio.sleep(1.0)
+
+                nursery.start_soon(report)
+            result = await pre.run(path)
+            nursery.cancel_scope.cancel()
+        return {**result, "counters": stats.snapshot(), "disk": disk.describe()}
+
+    return trio.run(main)
