@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -343,6 +344,43 @@ def test_a_full_cache_filesystem_keeps_the_mount_serving(mounts, backend, blob_c
     assert facts["disk"]["state"].startswith("off")
     log = (mounts.tmp / "mnt.log").read_text()
     assert log.count("disk cache off") == 1
+
+
+@pytest.fixture
+def eio_dir(tmp_path):
+    """A filesystem whose every write fails with EIO (tests/faults/eiofs.py)."""
+    p = tmp_path / "eio"
+    p.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.eiofs", str(p)], cwd=repo)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(p):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip("the EIO filesystem did not mount")
+        time.sleep(0.05)
+    yield p
+    subprocess.run(["fusermount3", "-u", "-z", str(p)], capture_output=True)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_eio_on_every_cache_write_turns_the_tier_off_and_the_mount_serves(
+    mounts, backend, blob_config, eio_dir
+):
+    put_files(backend)
+    mp = mounts.mount(f"{blob_config.name}:", *dc(eio_dir / "cache"))
+    read_all(mp)
+    wait_for(lambda: counters(mp).get("disk_errors", 0) >= 1, what="a disk error")
+    read_all(mp)  # served from memory and the storage, right bytes
+    facts = control.read_facts(str(mp))
+    assert facts["disk"]["state"].startswith("off")
+    assert "Input/output error" in facts["disk"]["last_error"]
+    assert facts["counters"].get("disk_writes", 0) == 0
+    assert (mounts.tmp / "mnt.log").read_text().count("disk cache off") == 1
 
 
 # --- eviction under a reader ---------------------------------------------------------------------

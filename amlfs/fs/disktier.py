@@ -18,7 +18,11 @@ Concurrency contract: the trio thread only (the store's methods run in worker th
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -35,7 +39,52 @@ OFF_FOR = 60.0
 #: writers also rescan after every RESCAN_SHARE of the cap written (diskcache.py)
 RESCAN_EVERY = 30.0
 READ_THREADS = 4
-WRITE_THREADS = 2
+#: the writer thread's nice value: storing runs on CPU that readers (and the job) leave over
+WRITER_NICE = 10
+
+
+class _Writer:
+    """One thread at a lower CPU priority that stores chunks, in order: with two cores shared by
+    the reader, the job and the daemon, a store at normal priority slowed a cold read by half
+    (measured: 1.5 -> 2.1-3.5 s for 256 MiB)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="amlfs-disk-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+        except OSError:
+            pass  # stays at the daemon's priority
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the writer thread; its result or its exception."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["result"] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["error"] = e
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        self._jobs.put(job)
+        await done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
 
 class DiskTier:
@@ -53,7 +102,7 @@ class DiskTier:
         self.block_size = block_size
         self.stats = stats
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
-        self._write_limiter = trio.CapacityLimiter(WRITE_THREADS)
+        self._writer: _Writer | None = None
         self.off_until = 0.0
         self.last_error: str | None = None
 
@@ -122,11 +171,12 @@ class DiskTier:
         return self.chunk(start, end, size) == (start, end - start)
 
     async def write(self, path: str, etag: str, start: int, data: bytes | memoryview) -> bool:
-        """Store a whole chunk (see `writable`), in a worker thread; False if it was not."""
+        """Store a whole chunk (see `writable`), in the writer thread; False if it was not."""
         key = self.sid.key(path, etag, start, len(data))
+        if self._writer is None:
+            self._writer = _Writer()
         try:
-            ok = await trio.to_thread.run_sync(self._write, key, start, data,
-                                               limiter=self._write_limiter)  # fmt: skip
+            ok = await self._writer.run(self._write, key, start, data)
         except OSError as e:
             self._off(e, f"writing a chunk of {path!r}")
             return False
@@ -155,6 +205,13 @@ class DiskTier:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Learn the store's size in the background, now and then (never before serving)."""
         task_status.started()
+        try:
+            await self._index()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    async def _index(self) -> None:
         while True:
             try:
                 await trio.to_thread.run_sync(self.store.rescan, abandon_on_cancel=True)

@@ -267,20 +267,33 @@ class Fetcher:
         return True
 
     async def _to_disk(self, fetch: Fetch) -> None:
-        """After a fetch from the network: store the extent on disk if it is a whole chunk,
-        pinned meanwhile so the memory it is written from stays within the budget."""
+        """After a fetch from the network: store its block on disk once the whole block is in
+        memory (this extent alone, or with its neighbours when a reader's fetch covered part of
+        it), the extents pinned meanwhile so that the memory written from stays in the budget."""
         ext = fetch.extent
         disk = self.disk
         if disk is None or not fetch.from_network or ext.error is not None or not ext.cached:
             return
-        if ext.etag is None or not disk.writable(ext.etag, ext.start, ext.end, fetch.size):
+        if ext.etag is None or fetch.size is None or not disk.usable(ext.etag):
             return
-        assert ext.data is not None
-        self.cache.pin(ext)
+        chunk = disk.chunk(ext.start, ext.end, fetch.size)
+        if chunk is None:
+            return
+        lo, n = chunk
+        parts = self.cache.cover(ext.path, ext.etag, lo, lo + n)
+        if not all(isinstance(e, Extent) and e.cached and not e.pending for e in parts):
+            return  # the rest of the block is not here (yet): whoever completes it stores it
+        extents: list[Extent] = parts  # type: ignore[assignment]
+        for e in extents:
+            self.cache.pin(e)
         try:
-            await disk.write(ext.path, ext.etag, ext.start, memoryview(ext.data).toreadonly())
+            # Extents never span blocks: these fill [lo, lo + n) exactly, in order.
+            views = [memoryview(e.data).toreadonly() for e in extents]  # type: ignore[arg-type]
+            data = views[0] if len(views) == 1 else b"".join(views)
+            await disk.write(ext.path, ext.etag, lo, data)
         finally:
-            self.cache.unpin(ext)
+            for e in extents:
+                self.cache.unpin(e)
 
     def _completed(self, fetch: Fetch, buf: bytearray) -> None:
         """The extent's bytes are all in `buf`: to the cache (its charge too), readers woken."""
