@@ -128,7 +128,6 @@ class ChunkStore:
         self.scanned = False  # `used` has been learned by a scan
         self.scanned_at = 0.0
         self.written_since_scan = 0
-        self._stores_written: set[str] = set()
 
     # --- names ---------------------------------------------------------------------------------
 
@@ -137,20 +136,19 @@ class ChunkStore:
         return os.path.join(self.root, store.dirname, h[:2], h)
 
     def describe_store(self, store: StoreId, datastore: str) -> None:
-        """Write `store.json` once (what `amlfs cache ls` shows for this directory)."""
-        if store.dirname in self._stores_written:
-            return
+        """Write `store.json` if it is missing (what `amlfs cache ls` shows for the directory;
+        checked before every write, as `amlfs cache clear` may have removed it)."""
         d = os.path.join(self.root, store.dirname)
         target = os.path.join(d, STORE_FILE)
-        if not os.path.exists(target):
-            os.makedirs(d, exist_ok=True)
-            doc = {"kind": store.kind, "endpoint": store.endpoint,
-                   "container": store.container, "datastore": datastore}  # fmt: skip
-            tmp = f"{target}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-            with open(tmp, "w") as f:
-                json.dump(doc, f)
-            os.rename(tmp, target)
-        self._stores_written.add(store.dirname)
+        if os.path.exists(target):
+            return
+        os.makedirs(d, exist_ok=True)
+        doc = {"kind": store.kind, "endpoint": store.endpoint,
+               "container": store.container, "datastore": datastore}  # fmt: skip
+        tmp = f"{target}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.rename(tmp, target)
 
     # --- reading -------------------------------------------------------------------------------
 

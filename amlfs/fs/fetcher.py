@@ -260,9 +260,9 @@ class Fetcher:
             fetch.started = False
         if not ext.pending:
             return True  # given up meanwhile (nobody wants it): nothing to complete
+        ext.data = buf  # a miss: the network fetch fills this same buffer
         if not hit:
             return False
-        ext.data = buf
         self._completed(fetch, buf)
         return True
 
@@ -315,7 +315,7 @@ class Fetcher:
         idle = trio.CancelScope(deadline=trio.current_time() + timeout)
         last: BackendError | None = None
         attempt = 0
-        buf = bytearray(ext.size)
+        buf = ext.data if ext.data is not None and ext.filled == 0 else bytearray(ext.size)
         ext.data = buf
         with idle:
             while True:
