@@ -105,6 +105,7 @@ class DiskTier:
         self._writer: _Writer | None = None
         self.off_until = 0.0
         self.last_error: str | None = None
+        self._said: set[int | None] = set()  # errnos already logged at warning level
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -128,7 +129,11 @@ class DiskTier:
         self.off_until = time.monotonic() + OFF_FOR
         self.last_error = f"{what}: {e}"
         if was_on:
-            log.warning("disk cache off for %g s after %s: %s", OFF_FOR, what, e)
+            # Once per kind of error: a cache directory that stays read-only is said once, not
+            # every time the tier is tried again.
+            level = logging.DEBUG if e.errno in self._said else logging.WARNING
+            self._said.add(e.errno)
+            log.log(level, "disk cache off for %g s after %s: %s", OFF_FOR, what, e)
 
     # --- reads and writes ----------------------------------------------------------------------
 
