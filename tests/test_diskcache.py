@@ -183,3 +183,19 @@ def test_zlib_fallback_chunks_are_verified_too(tmp_path):
     open(path, "wb").write(raw)
     with pytest.raises(ChunkError, match="checksum"):
         get(store, k, 0, len(data))
+
+
+def test_a_read_that_must_not_wait_serves_a_cached_chunk_and_checks_it(tmp_path):
+    store = ChunkStore(str(tmp_path), 1 << 30, floor=0)
+    data = os.urandom(64 * 1024)
+    k = put(store, "nw", data)
+    buf = bytearray(len(data))
+    assert store.read_into(SID, k, 0, memoryview(buf), nowait=True)  # just written: cached
+    assert buf == data
+    path = store.chunk_path(SID, k)
+    raw = bytearray(open(path, "rb").read())
+    raw[100] ^= 4
+    open(path, "wb").write(raw)
+    with pytest.raises(ChunkError):
+        store.read_into(SID, k, 0, memoryview(buf), nowait=True)
+    assert store.read_into(SID, k, 0, memoryview(buf), nowait=True) is False

@@ -250,6 +250,8 @@ def _run(
             ops.close()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
+            if disk is not None:
+                disk.close()
     finally:
         backend.close()
 

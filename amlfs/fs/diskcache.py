@@ -152,10 +152,13 @@ class ChunkStore:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def read_into(self, store: StoreId, key: bytes, offset: int, buf: memoryview) -> bool:
+    def read_into(
+        self, store: StoreId, key: bytes, offset: int, buf: memoryview, nowait: bool = False
+    ) -> bool:
         """Fill `buf` (the whole chunk's length) from the chunk of `key`: True on a hit, False
         when there is none. ChunkError (after unlinking it) when it does not check; OSError for
-        a disk error."""
+        a disk error. With `nowait`: BlockingIOError when the chunk is not all in the page
+        cache (the read would wait for the disk)."""
         path = self.chunk_path(store, key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -163,8 +166,13 @@ class ChunkStore:
             return False
         try:
             tail = bytearray(len(key) + TRAILER.size + 1)  # one byte more: a longer file is bad
-            n = os.readv(fd, [buf, tail])
             want = len(buf) + len(tail) - 1
+            if nowait:
+                n = os.preadv(fd, [buf, tail], 0, os.RWF_NOWAIT)
+                if n != want and n < os.fstat(fd).st_size:
+                    raise BlockingIOError("part of the chunk is not in the page cache")
+            else:
+                n = os.readv(fd, [buf, tail])
             bad = self._check(buf, tail, n, want, key, offset)
             if bad == "algo":
                 return False  # written with a checksum this process cannot compute: a miss
