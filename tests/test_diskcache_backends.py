@@ -59,7 +59,7 @@ def test_restart_reads_from_disk_on_every_backend(cli, store, tmp_path):  # noqa
         assert (again / name).read_bytes() == data(name, size)
     c = control.read_facts(str(again))["counters"]
     assert c.get("bytes_fetched", 0) == 0
-    assert c["disk_hits"] == CHUNKS
+    assert c["disk_hits"] >= CHUNKS  # (a prefetch given up and redone reads twice)
     assert control.read_facts(str(again))["disk"]["dir"] == str(cache / LAYOUT)
 
 

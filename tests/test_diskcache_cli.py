@@ -46,7 +46,7 @@ def test_warm_then_a_mount_fetches_nothing(mounts, backend, blob_config, cache):
     mp = mounts.mount(f"{blob_config.name}:", "--cache-dir", str(cache))
     read_all(mp)
     c = counters(mp)
-    assert c.get("bytes_fetched", 0) == 0 and c["disk_hits"] == n
+    assert c.get("bytes_fetched", 0) == 0 and c["disk_hits"] >= n
     assert control.read_facts(str(mp))["disk"]["dir"] == str(cache / LAYOUT)
 
 

@@ -164,7 +164,8 @@ def disk_tier(ds: DatastoreConfig, config: MountConfig, stats: Stats) -> DiskTie
     cap = config.disk_cache_bytes or default_size(cache_dir)
     store = ChunkStore(cache_dir, cap)
     log.info("disk cache at %s, at most %d bytes", store.root, cap)
-    return DiskTier(store, sid, ds.name, config.block_size, stats)
+    return DiskTier(store, sid, ds.name, config.block_size, stats,
+                    max_pending=config.cache_bytes // 4)  # fmt: skip
 
 
 def run_mount(

@@ -10,7 +10,8 @@ for `OFF_FOR` seconds, logged once; reads go to the network meanwhile. A chunk t
 is unlinked, counted (`disk_corrupt`) and fetched again.
 
 Counters (trio thread): disk_hits, disk_misses, disk_bytes_read, disk_writes, disk_bytes_written,
-disk_write_skipped (no room), disk_corrupt, disk_errors.
+disk_write_skipped (no room), disk_write_behind (the writer was behind: not stored),
+disk_corrupt, disk_errors.
 
 Concurrency contract: the trio thread only (the store's methods run in worker threads).
 """
@@ -105,8 +106,14 @@ class DiskTier:
         datastore: str,
         block_size: int,
         stats: Stats,
+        max_pending: int = 64 << 20,
     ):
         self.store = store
+        #: bytes queued to the writer at most: a block that would queue more is not stored
+        #: (`disk_write_behind`), so that a writer slower than the network never holds more
+        #: than this of the memory budget pinned
+        self.max_pending = max(max_pending, block_size)
+        self.pending = 0
         self.sid = sid
         self.datastore = datastore
         self.block_size = block_size
@@ -205,6 +212,13 @@ class DiskTier:
             if time.perf_counter() - t0 > INLINE_SLOW:
                 self._inline_off_until = time.monotonic() + INLINE_PAUSE
 
+    def behind(self, n: int) -> bool:
+        """Storing `n` more bytes would queue more than `max_pending` (counted)."""
+        if self.pending + n > self.max_pending:
+            self.stats.incr("disk_write_behind")
+            return True
+        return False
+
     def writable(self, etag: str | None, start: int, end: int, size: int | None) -> bool:
         """[start, end) of the file is a whole chunk that the tier would store."""
         if size is None or not self.usable(etag):
@@ -216,11 +230,14 @@ class DiskTier:
         key = self.sid.key(path, etag, start, len(data))
         if self._writer is None:
             self._writer = _Writer()
+        self.pending += len(data)
         try:
             ok = await self._writer.run(self._write, key, start, data)
         except OSError as e:
             self._off(e, f"writing a chunk of {path!r}")
             return False
+        finally:
+            self.pending -= len(data)
         if not ok:
             self.stats.incr("disk_write_skipped")
             return False

@@ -283,6 +283,8 @@ class Fetcher:
         parts = self.cache.cover(ext.path, ext.etag, lo, lo + n)
         if not all(isinstance(e, Extent) and e.cached and not e.pending for e in parts):
             return  # the rest of the block is not here (yet): whoever completes it stores it
+        if disk.behind(n):
+            return  # reads first: the memory it would pin is the read-ahead's
         extents: list[Extent] = parts  # type: ignore[assignment]
         for e in extents:
             self.cache.pin(e)
