@@ -10,7 +10,8 @@ for `OFF_FOR` seconds, logged once; reads go to the network meanwhile. A chunk t
 is unlinked, counted (`disk_corrupt`) and fetched again.
 
 Counters (trio thread): disk_hits, disk_misses, disk_bytes_read, disk_writes, disk_bytes_written,
-disk_write_skipped (no room), disk_write_behind (the writer was behind: not stored),
+disk_write_skipped (no room), disk_write_behind (not stored: the writer was behind until the
+block left memory),
 disk_corrupt, disk_errors.
 
 Concurrency contract: the trio thread only (the store's methods run in worker threads).
@@ -212,12 +213,9 @@ class DiskTier:
             if time.perf_counter() - t0 > INLINE_SLOW:
                 self._inline_off_until = time.monotonic() + INLINE_PAUSE
 
-    def behind(self, n: int) -> bool:
-        """Storing `n` more bytes would queue more than `max_pending` (counted)."""
-        if self.pending + n > self.max_pending:
-            self.stats.incr("disk_write_behind")
-            return True
-        return False
+    def has_room(self, n: int) -> bool:
+        """Storing `n` more bytes would queue at most `max_pending`."""
+        return self.pending + n <= self.max_pending
 
     def writable(self, etag: str | None, start: int, end: int, size: int | None) -> bool:
         """[start, end) of the file is a whole chunk that the tier would store."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -44,6 +45,8 @@ DEMAND, PREFETCH, FILES = 0, 1, 2
 DEMAND_RESERVE = 2  # concurrency slots that prefetch may never take
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 4.0
+#: blocks remembered for storing later while the disk writer is behind, at most
+DEFER_MAX = 4096
 
 
 class Fetch:
@@ -114,6 +117,8 @@ class Fetcher:
         self._files_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
         self._preload_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
         self.files_pending = 0  # small-file prefetches not over yet
+        # Blocks not stored yet because the disk writer was behind: (path, etag, offset, length)
+        self._deferred: deque[tuple[str, str, int, int]] = deque()
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         #: told (path, etag) when a fetch finds the object changed (HTTP 412)
@@ -269,7 +274,9 @@ class Fetcher:
     async def _to_disk(self, fetch: Fetch) -> None:
         """After a fetch from the network: store its block on disk once the whole block is in
         memory (this extent alone, or with its neighbours when a reader's fetch covered part of
-        it), the extents pinned meanwhile so that the memory written from stays in the budget."""
+        it), the extents pinned meanwhile so that the memory written from stays in the budget.
+        When the writer is behind, the block is remembered and stored later if it is still in
+        memory then; this task then stores remembered blocks while the writer has room."""
         ext = fetch.extent
         disk = self.disk
         if disk is None or not fetch.from_network or ext.error is not None or not ext.cached:
@@ -279,12 +286,25 @@ class Fetcher:
         chunk = disk.chunk(ext.start, ext.end, fetch.size)
         if chunk is None:
             return
-        lo, n = chunk
-        parts = self.cache.cover(ext.path, ext.etag, lo, lo + n)
+        await self._store(ext.path, ext.etag, *chunk, defer=True)
+        while self._deferred and disk.has_room(self._deferred[0][3]):
+            await self._store(*self._deferred.popleft(), defer=False)
+
+    async def _store(self, path: str, etag: str, lo: int, n: int, defer: bool) -> None:
+        disk = self.disk
+        assert disk is not None
+        parts = self.cache.cover(path, etag, lo, lo + n)
         if not all(isinstance(e, Extent) and e.cached and not e.pending for e in parts):
-            return  # the rest of the block is not here (yet): whoever completes it stores it
-        if disk.behind(n):
-            return  # reads first: the memory it would pin is the read-ahead's
+            if not defer:
+                self.stats.incr("disk_write_behind")  # left memory before the writer had room
+            return  # (else the rest of the block is not here yet: whoever completes it stores it)
+        if not disk.has_room(n):
+            # Reads first: the memory the writer would pin is the read-ahead's.
+            if defer and len(self._deferred) < DEFER_MAX:
+                self._deferred.append((path, etag, lo, n))
+            else:
+                self.stats.incr("disk_write_behind")
+            return
         extents: list[Extent] = parts  # type: ignore[assignment]
         for e in extents:
             self.cache.pin(e)
@@ -292,7 +312,7 @@ class Fetcher:
             # Extents never span blocks: these fill [lo, lo + n) exactly, in order.
             views = [memoryview(e.data).toreadonly() for e in extents]  # type: ignore[arg-type]
             data = views[0] if len(views) == 1 else b"".join(views)
-            await disk.write(ext.path, ext.etag, lo, data)
+            await disk.write(path, etag, lo, data)
         finally:
             for e in extents:
                 self.cache.unpin(e)
