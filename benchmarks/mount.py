@@ -186,7 +186,10 @@ class Mount:
 
 
 def mount_amlfs(tool: str, registry: str, source: str, mp: str, cache: str) -> Mount:
-    cmd = amlfs_cmd("--registry", registry, "mount", source, mp, "--cache-size", cache)
+    # --no-disk-cache: every case measures the network path (a fresh mount would read what the
+    # previous case left in the disk cache; benchmarks/diskcache.py measures that).
+    cmd = amlfs_cmd("--registry", registry, "mount", source, mp, "--cache-size", cache,
+                    "--no-disk-cache")  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     with open(os.path.join(mp, ".__amlfs_stats__")) as f:
         pid = json.load(f)["pid"]

@@ -311,9 +311,12 @@ def test_inline_publish_reads_readonly_idempotent(plugin, azurite, blob_files, t
 def test_registry_datastore_preload_and_not_found(plugin, tmp_path):
     target = tmp_path / "t"
     publish(plugin, target, {"datastore": "training", "immutable": "true", "preload": "true"})
-    # the walk: top.txt, data, data/a.txt, data/sub, data/sub/b.bin
-    wait_for_log(plugin, "volume vol-1: preloaded 5 entries")
-    assert "(done)" in plugin.log_text()
+    # the daemon's --preload: every file hydrated into the disk cache, in the background
+    deadline = time.monotonic() + 60
+    while (p := control.read_facts(str(target))["preload"])["state"] != "done":
+        assert time.monotonic() < deadline, p
+        time.sleep(0.1)
+    assert p["files_done"] == 3, p
     assert (target / "top.txt").read_bytes() == b"top\n"
     assert control.read_facts(str(target))["immutable"] is True
     unpublish(plugin, target)

@@ -4,7 +4,7 @@ modules, each registering its commands on `main`."""
 from __future__ import annotations
 
 # Importing the command modules registers their commands on `main`.
-from . import browse, csi, datastore, logs, manifest, mount, run, stage, transfer  # noqa: F401
+from . import browse, cache, csi, datastore, logs, manifest, mount, run, stage, transfer  # noqa: F401
 from .common import main
 
 __all__ = ["main"]

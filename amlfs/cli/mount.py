@@ -27,7 +27,7 @@ _IGNORED = {"rw", "ro", "defaults", "_netdev", "nofail", "auto", "noauto", "user
 _AMLFS_VALUED = {
     "cache_size", "block_size", "attr_timeout", "list_timeout", "negative_timeout",
     "read_timeout", "log_file", "registry", "read_ahead", "write_buffer_size", "staging_dir",
-    "staging_size", "commit_timeout", "unmount_timeout",
+    "staging_size", "commit_timeout", "unmount_timeout", "cache_dir", "disk_cache_size",
 }  # fmt: skip
 
 
@@ -39,6 +39,8 @@ class ParsedOptions:
     immutable: bool = False
     debug: bool = False
     rw: bool = False
+    no_disk_cache: bool = False
+    preload: bool = False
 
 
 def parse_o(values: tuple[str, ...]) -> ParsedOptions:
@@ -57,6 +59,10 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
                 out.debug = True
             elif name == "amlfs_rw" and not eq:
                 out.rw = True
+            elif name == "no_disk_cache" and not eq:
+                out.no_disk_cache = True
+            elif name == "preload" and not eq:
+                out.preload = True
             elif name in _FUSE_FLAGS and not eq:
                 out.fuse.append(name)
             elif name in _FUSE_VALUED and eq and arg:
@@ -106,7 +112,7 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
 @click.option(
     "--staging-dir",
     type=click.Path(file_okay=False),
-    help="--rw: where out-of-order writes are staged (default $XDG_CACHE_HOME/amlfs/staging).",
+    help="--rw: where out-of-order writes are staged (default CACHE_DIR/staging).",
 )
 @click.option("--staging-size", metavar="SIZE", help="--rw: disk for staging files (default 4GiB).")
 @click.option(
@@ -116,6 +122,22 @@ def parse_o(values: tuple[str, ...]) -> ParsedOptions:
     "--unmount-timeout",
     metavar="SECONDS",
     help="--rw: unmount waits this long for pending commits (default 60).",
+)
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    help="The persistent disk cache, shared with other mounts (default ~/.cache/amlfs).",
+)
+@click.option(
+    "--disk-cache-size",
+    metavar="SIZE",
+    help="Cap of the disk cache (default the smaller of 50GiB and a fifth of its filesystem).",
+)
+@click.option("--no-disk-cache", is_flag=True, help="Keep nothing on disk: memory cache only.")
+@click.option(
+    "--preload",
+    is_flag=True,
+    help="After mounting, fill the disk cache with the whole path in the background.",
 )
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help="Mount options.")
 @click.option("--debug", is_flag=True, help="Log every request (to --log-file or stderr).")
@@ -156,6 +178,10 @@ def mount(
     staging_size: str | None,
     commit_timeout: str | None,
     unmount_timeout: str | None,
+    cache_dir: str | None,
+    disk_cache_size: str | None,
+    no_disk_cache: bool,
+    preload: bool,
     options: tuple[str, ...],
     debug: bool,
     log_file: str | None,
@@ -169,8 +195,9 @@ def mount(
 
     Returns once the mount is live; the daemon keeps running in the background until
     `amlfs unmount MOUNTPOINT`. Mount options (-o): allow_other, allow_root, auto_unmount,
-    nonempty, immutable, debug, amlfs_rw (--rw), the kernel's nodev/nosuid/noexec/noatime...,
-    and every long option above as NAME=VALUE (cache_size=2G, registry=FILE, ...).
+    nonempty, immutable, debug, amlfs_rw (--rw), no_disk_cache, preload, the kernel's
+    nodev/nosuid/noexec/noatime..., and every long option above as NAME=VALUE (cache_size=2G,
+    attr_timeout=forever, registry=FILE, ...).
     """
     from ..fs.config import MountConfig
     from ..fs.daemon import StatusPipe
@@ -208,6 +235,10 @@ def mount(
                 staging_size=pick(staging_size, "staging_size"),
                 commit_timeout=pick(commit_timeout, "commit_timeout"),
                 unmount_timeout=pick(unmount_timeout, "unmount_timeout"),
+                cache_dir=pick(cache_dir, "cache_dir"),
+                disk_cache_size=pick(disk_cache_size, "disk_cache_size"),
+                no_disk_cache=no_disk_cache or o.no_disk_cache,
+                preload=preload or o.preload,
             )
             for note in notes:
                 click.echo(f"amlfs: {note}", err=True)
@@ -383,5 +414,16 @@ def stats(mountpoint: str, as_json: bool, watch: bool, interval: float, count: i
     counters = facts.pop("counters", {})
     for key in ("datastore", "path", "mountpoint", "pid"):
         click.echo(f"{key:<24} {facts.get(key)}")
+    disk = facts.get("disk")
+    if disk:
+        from ..units import human
+
+        used = "scanning" if disk.get("used") is None else human(disk["used"])
+        click.echo(f"{'disk_cache':<24} {disk['dir']} {used} of {human(disk['capacity'])}"
+                   f" ({disk['state']})")  # fmt: skip
+    else:
+        click.echo(f"{'disk_cache':<24} off")
+    for key, value in sorted((facts.get("preload") or {}).items()):
+        click.echo(f"{'preload.' + key:<24} {value}")
     for key, value in sorted(counters.items()):
         click.echo(f"{key:<24} {value}")

@@ -28,7 +28,6 @@ from ..backends import BackendError, Forbidden, NotFound
 from ..errors import AmlfsError, UsageError
 from ..fs import control
 from ..registry import Registry
-from .preload import Preloader
 from .state import Record, StateDir, write_private
 from .volume import (
     ALREADY_EXISTS,
@@ -67,7 +66,6 @@ class Node:
         self.start_timeout = start_timeout
         self.probe_timeout = probe_timeout
         self.cache_budget = cache_budget  # all daemons' caches together; None: no limit
-        self.preloader = Preloader()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -140,8 +138,6 @@ class Node:
                             os.rmdir(target)
                 raise
             self.state.save(self._record(spec, pid))
-            if spec.preload:
-                self.preloader.start(spec.volume_id, target, spec.config.max_listing_entries)
             return "repaired" if repaired else "mounted"
 
     def _record(self, spec: VolumeSpec, pid: int | None) -> Record:
@@ -277,7 +273,6 @@ class Node:
             raise VolumeError(INVALID_ARGUMENT, "volume_id is required")
         target = _check_target_path(target_path)
         with self._lock(target):
-            self.preloader.stop(target)
             entry = control.find_mount(target)
             if entry is not None:
                 self._unmount(target, lazy=False)

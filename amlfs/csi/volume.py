@@ -115,7 +115,6 @@ class VolumeSpec:
     readonly: bool
     identity: WorkloadIdentity | None
     fingerprint: str
-    preload: bool = False  # warm the caches by walking the tree once mounted (preload.py)
     notes: tuple[str, ...] = ()
 
 
@@ -203,6 +202,7 @@ def build_spec(
             fuse_options=tuple(fuse),
             nonempty=False,
             rw=wants_rw,
+            preload="preload" in options and _truthy("preload", options["preload"]),
         )
     except UsageError as e:
         raise invalid(str(e).replace("--", "").replace("-", "_", 1)) from None
@@ -226,7 +226,6 @@ def build_spec(
         readonly=not wants_rw,
         identity=identity,
         fingerprint=fingerprint,
-        preload="preload" in options and _truthy("preload", options["preload"]),
         notes=tuple(notes),
     )
 

@@ -17,6 +17,8 @@ from typing import Any
 from ..errors import UsageError
 from ..units import FOREVER, GiB, KiB, MiB, human, parse_seconds, parse_size
 from .datapath import DataPathConfig
+from .diskcache import default_cache_dir
+from .diskcache import default_size as default_disk_size
 from .inodes import ENTRY_BYTES, Timeouts
 from .operations import OperationsConfig
 from .writable import WriteConfig
@@ -56,12 +58,19 @@ class MountConfig:
     # --- writable mounts (`amlfs mount --rw`; see writable.py) ----------------------------------
     rw: bool = False
     write_buffer_bytes: int = 256 * MiB  # memory for write buffers (filled or in flight)
-    # Staging files of out-of-order writes (None: $XDG_CACHE_HOME/amlfs/staging). Kept apart
-    # from any disk cache directory on purpose: the lead may fold both under one cache_dir.
+    # Staging files of out-of-order writes (None: $XDG_CACHE_HOME/amlfs/staging; from options:
+    # CACHE_DIR/staging, beside the disk cache's chunks).
     staging_dir: str | None = None
     staging_bytes: int = 4 * GiB  # disk for staging files; a write past it gets ENOSPC
     commit_timeout: float = 600.0  # bound on one commit (close, fsync)
     unmount_timeout: float = 60.0  # unmount/SIGTERM wait this long for pending commits
+    # --- the persistent disk cache (diskcache.py, disktier.py) --------------------------------
+    disk_cache: bool = (
+        True  # keep fetched blocks on disk, shared with other mounts (--no-disk-cache)
+    )
+    cache_dir: str = ""  # where (absolute; resolved when built from options)
+    disk_cache_bytes: int = 0  # its size cap (resolved when built from options)
+    preload: bool = False  # hydrate the whole mounted path into the disk cache after mounting
 
     @property
     def max_listing_entries(self) -> int:
@@ -93,6 +102,10 @@ class MountConfig:
         staging_size: str | None = None,
         commit_timeout: str | None = None,
         unmount_timeout: str | None = None,
+        cache_dir: str | None = None,
+        disk_cache_size: str | None = None,
+        no_disk_cache: bool = False,
+        preload: bool = False,
     ) -> tuple[MountConfig, list[str]]:
         """Parse and validate option values as given (None: the default). Returns the config
         and one-line notes about what was adjusted. UsageError for anything unusable."""
@@ -118,13 +131,27 @@ class MountConfig:
             raise UsageError("bad --commit-timeout: must be more than zero seconds")
         if not rw and (write_buffer_size or staging_dir or staging_size or commit_timeout):
             raise UsageError("write options need --rw (the mount is read-only without it)")
+        cdir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+        if os.path.exists(cdir) and not os.path.isdir(cdir):
+            raise UsageError(f"bad --cache-dir {cdir}: not a directory")
+        if disk_cache_size is not None:
+            dsize = parse_size(disk_cache_size, "--disk-cache-size", 1 * MiB, 1 << 60)
+        else:
+            dsize = default_disk_size(cdir)
+        if preload and no_disk_cache:
+            raise UsageError("--preload fills the disk cache: it cannot go with --no-disk-cache")
         config = cls(
             rw=rw,
             write_buffer_bytes=wb,
-            staging_dir=os.path.abspath(os.path.expanduser(staging_dir)) if staging_dir else None,
+            # out-of-order writes are staged beside the disk cache unless told otherwise
+            staging_dir=os.path.abspath(os.path.expanduser(staging_dir or f"{cdir}/staging")),
             staging_bytes=sb,
             commit_timeout=ct,
             unmount_timeout=ut,
+            disk_cache=not no_disk_cache,
+            cache_dir=cdir,
+            disk_cache_bytes=dsize,
+            preload=preload,
             block_size=bs,
             cache_bytes=cache,
             timeouts=timeouts,
@@ -212,6 +239,8 @@ class MountConfig:
                 if self.rw
                 else {}
             ),
+            "disk_cache": self.disk_cache,
+            "preload": self.preload,
         }
 
     # --- handing it to a background daemon -----------------------------------------------------

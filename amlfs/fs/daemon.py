@@ -33,8 +33,11 @@ from ..backends.bridge import TrioBackend
 from ..errors import AmlfsError, UsageError
 from ..registry import DatastoreConfig
 from .config import MountConfig
+from .diskcache import ChunkStore, default_cache_dir, default_size
+from .disktier import DiskTier, store_id
 from .notify import sd_notify
 from .operations import Operations
+from .preload import Preloader
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -174,6 +177,19 @@ def set_read_ahead(
     return True
 
 
+def disk_tier(ds: DatastoreConfig, config: MountConfig, stats: Stats) -> DiskTier | None:
+    """The mount's disk tier, or None (--no-disk-cache, a `local` datastore)."""
+    sid = store_id(ds)
+    if not config.disk_cache or sid is None:
+        return None
+    cache_dir = config.cache_dir or default_cache_dir()
+    cap = config.disk_cache_bytes or default_size(cache_dir)
+    store = ChunkStore(cache_dir, cap)
+    log.info("disk cache at %s, at most %d bytes", store.root, cap)
+    return DiskTier(store, sid, ds.name, config.block_size, stats,
+                    max_pending=config.cache_bytes // 4)  # fmt: skip
+
+
 def run_mount(
     ds: DatastoreConfig,
     path: str,
@@ -225,7 +241,12 @@ def _run(
         root = check_source(backend, ds, path, create=config.rw)
         tb = TrioBackend(backend, max_threads=config.max_threads)
         stats = Stats()
-        datapath = DataPath(tb, config.datapath(), stats)
+        disk = disk_tier(ds, config, stats)
+        datapath = DataPath(tb, config.datapath(), stats, disk=disk)
+        preload = None
+        if config.preload and disk is not None:
+            preload = Preloader(tb, disk, datapath.budget, stats, block_size=config.block_size,
+                                slot=datapath.fetcher.background_slot)  # fmt: skip
         started = time.time()
         live: dict[str, Any] = {"read_ahead": None}  # what _when_live managed to set
 
@@ -240,6 +261,8 @@ def _run(
                 **config.describe(),
                 "read_ahead": live["read_ahead"],
                 "memory": datapath.budget.snapshot(),
+                "disk": disk.describe() if disk is not None else None,
+                "preload": dict(preload.progress) if preload is not None else None,
             }
 
         ops = _operations(tb, datapath, root, stats, config, describe)
@@ -252,7 +275,7 @@ def _run(
             raise AmlfsError(f"cannot mount at {mountpoint}: {e}") from None
         log.info("mounted %s:%s at %s (pid %d)", ds.name, path, mountpoint, os.getpid())
         try:
-            trio.run(_serve, ops, datapath, config, status, mountpoint, live)
+            trio.run(_serve, ops, datapath, config, status, mountpoint, live, preload, path)
         except BaseException:
             log.exception("the mount daemon failed; unmounting")
             raise
@@ -261,6 +284,8 @@ def _run(
             ops.close()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
+            if disk is not None:
+                disk.close()
     finally:
         backend.close()
 
@@ -298,6 +323,8 @@ async def _serve(
     status: StatusPipe,
     mountpoint: str,
     live: dict[str, Any],
+    preload: Preloader | None,
+    path: str,
 ) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(datapath.run)
@@ -305,6 +332,8 @@ async def _serve(
         grace = SHUTDOWN_GRACE + (config.unmount_timeout if config.rw else 0)
         nursery.start_soon(_watch_signals, nursery.cancel_scope, grace)
         nursery.start_soon(_when_live, ops, config, status, mountpoint, live)
+        if preload is not None:
+            nursery.start_soon(_preload_when_live, ops, preload, path)
         await pyfuse3.main(max_tasks=config.max_tasks)
         drain = getattr(ops, "drain", None)
         if drain is not None:
@@ -328,6 +357,11 @@ async def _when_live(
         live["read_ahead"] = config.read_ahead
     status.ready()
     sd_notify(f"READY=1\nSTATUS=serving {ops.table.root.path or '/'}\nMAINPID={os.getpid()}")
+
+
+async def _preload_when_live(ops: Operations, preload: Preloader, path: str) -> None:
+    await ops.initialized.wait()
+    await preload.run(path)
 
 
 async def _watch_signals(scope: trio.CancelScope, grace: float = SHUTDOWN_GRACE) -> None:

@@ -38,6 +38,7 @@ from ..backends.base import (
 from ..backends.bridge import TrioBackend
 from .blockcache import BlockCache, Buffer, Extent
 from .budget import MemoryBudget
+from .disktier import DiskTier
 from .fetcher import DEMAND, FILES, PREFETCH, Fetch, Fetcher
 from .readahead import ReadAhead
 from .stats import Stats
@@ -102,8 +103,10 @@ class DataPath:
         config: DataPathConfig,
         stats: Stats,
         budget: MemoryBudget | None = None,
+        disk: DiskTier | None = None,
     ):
         self.backend = backend
+        self.disk = disk
         self.config = config
         self.stats = stats
         self.budget = budget or MemoryBudget(config.cache_bytes, stats)
@@ -115,6 +118,7 @@ class DataPath:
             stats,
             read_timeout=config.read_timeout,
             max_inflight=config.max_inflight,
+            disk=disk,
         )
         self._files_owner = _FilesPrefetch()
         self._streams: set[object] = set()  # open handles reading sequentially
@@ -122,8 +126,13 @@ class DataPath:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Host the fetch tasks until cancelled. Start with `await nursery.start(dp.run)`."""
-        await self.fetcher.run(task_status=task_status)
+        """Host the fetch tasks (and the disk tier's background index) until cancelled. Start
+        with `await nursery.start(dp.run)`."""
+        async with trio.open_nursery() as nursery:
+            if self.disk is not None:
+                await nursery.start(self.disk.run)
+            await nursery.start(self.fetcher.run)
+            task_status.started()
 
     @property
     def on_changed(self) -> Callable[[str, str | None], None] | None:
@@ -160,7 +169,7 @@ class DataPath:
                 continue  # cached or in flight, wholly or in part
             if not self.budget.try_take("inflight", info.size):
                 break
-            fetch = self.fetcher.start(info.path, info.etag, 0, info.size, FILES)
+            fetch = self.fetcher.start(info.path, info.etag, 0, info.size, FILES, info.size)
             fetch.owners.add(self._files_owner)
 
     def forget_path(self, path: str) -> None:
@@ -182,11 +191,13 @@ class DataPath:
         end: int,
         priority: int,
         need: int | None = None,
+        size: int | None = None,
     ) -> Ensured:
         """The extents covering [start, end) of `path` at `etag`, starting fetches for the holes
         (split at block boundaries) on behalf of `owner`. A DEMAND range is sized down to what
         the budget holds, but never below [start, need); a PREFETCH that does not fit is refused
-        (`refused_at`: what was started before it keeps going)."""
+        (`refused_at`: what was started before it keeps going). `size`: the object's, when
+        known (the disk tier stores and finds whole blocks by it)."""
         if priority == DEMAND and need is not None and end > need:
             room = max(MIN_DEMAND, min(self.window_cap(), self.budget.available()))
             end = max(need, min(end, start + room))
@@ -208,7 +219,7 @@ class DataPath:
                     self.stats.incr("prefetch_refused")
                     out.refused_at = lo
                     return out
-                fetch = self.fetcher.start(path, etag, lo, stop, priority)
+                fetch = self.fetcher.start(path, etag, lo, stop, priority, size)
                 fetch.owners.add(owner)
                 out.fetches.append(fetch)
                 out.extents.append(fetch.extent)
@@ -294,7 +305,7 @@ class FileReader:
             raise
 
     def _ensure(self, lo: int, hi: int, priority: int, need: int | None = None) -> Ensured:
-        got = self._dp.ensure(self, self.path, self.etag, lo, hi, priority, need)
+        got = self._dp.ensure(self, self.path, self.etag, lo, hi, priority, need, self.size)
         # Forget the fetches that are over: a fetch refers to its extent and so to its buffer,
         # which must not outlive the cache's copy unaccounted.
         self._owned = {f for f in self._owned if f.pending}

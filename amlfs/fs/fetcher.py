@@ -4,7 +4,12 @@ outlives the read that started it and can be shared, and settles the memory of i
 
 Priority: fetches a reader waits for take a slot of `max_inflight` directly; prefetches must
 first get a slot of a smaller limiter that leaves `DEMAND_RESERVE` slots to readers, small-file
-prefetches a slot of a smaller one still. A reader that needs a queued prefetch promotes it.
+prefetches (and a preload, `background_slot`) a slot of a smaller one still. A reader that needs
+a queued prefetch promotes it.
+
+The disk tier (disktier.py), when there is one, is asked before a fetch takes a storage slot (a
+disk hit never queues behind the network), and is given every whole block fetched from the
+storage afterwards (the extent pinned meanwhile, its memory in the budget).
 
 Cancellation: a fetch nobody wants any more is cancelled: the backend call is aborted (the
 connection is shut down, so its worker thread stops receiving at once) and its buffer stays
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -29,6 +36,7 @@ from ..backends.base import Abort, BackendError, Changed, Transient
 from ..backends.bridge import TrioBackend
 from .blockcache import BlockCache, Extent
 from .budget import MemoryBudget
+from .disktier import DiskTier
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -37,18 +45,23 @@ DEMAND, PREFETCH, FILES = 0, 1, 2
 DEMAND_RESERVE = 2  # concurrency slots that prefetch may never take
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 4.0
+#: blocks remembered for storing later while the disk writer is behind, at most
+DEFER_MAX = 4096
 
 
 class Fetch:
     """One extent in flight: its priority, who wants it, and how to stop it."""
 
     __slots__ = (
-        "extent", "priority", "files", "owners", "waiters", "scope", "started", "charged"
+        "extent", "priority", "files", "owners", "waiters", "scope", "started", "charged",
+        "size", "from_network",
     )  # fmt: skip
 
-    def __init__(self, extent: Extent, priority: int):
+    def __init__(self, extent: Extent, priority: int, size: int | None = None):
         self.extent = extent
         self.priority = priority
+        self.size = size  # of the whole object, when known (the disk tier needs it)
+        self.from_network = False  # its bytes came from the storage (not the disk tier)
         self.files = priority == FILES  # a small-file prefetch (counted in _files_pending)
         self.owners: set[object] = set()  # handles (or the small-file prefetcher) that asked
         self.waiters = 0  # reads blocked on it
@@ -90,8 +103,10 @@ class Fetcher:
         *,
         read_timeout: float,
         max_inflight: int,
+        disk: DiskTier | None = None,
     ):
         self.backend = backend
+        self.disk = disk
         self.cache = cache
         self.budget = budget
         self.stats = stats
@@ -100,7 +115,10 @@ class Fetcher:
         self._limiter = trio.CapacityLimiter(n)
         self._prefetch_limiter = trio.CapacityLimiter(max(1, n - DEMAND_RESERVE))
         self._files_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
+        self._preload_limiter = trio.CapacityLimiter(max(1, (n - DEMAND_RESERVE) // 2))
         self.files_pending = 0  # small-file prefetches not over yet
+        # Blocks not stored yet because the disk writer was behind: (path, etag, offset, length)
+        self._deferred: deque[tuple[str, str, int, int]] = deque()
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         #: told (path, etag) when a fetch finds the object changed (HTTP 412)
@@ -121,11 +139,20 @@ class Fetcher:
         finally:
             self._nursery = None
 
-    def start(self, path: str, etag: str | None, lo: int, hi: int, priority: int) -> Fetch:
-        """A fetch of [lo, hi), indexed in the cache; its buffer must already be charged to the
-        budget ("inflight")."""
+    @asynccontextmanager
+    async def background_slot(self) -> AsyncIterator[None]:
+        """A storage slot for work below every read and prefetch (preload): at most half the
+        prefetch slots, which leave DEMAND_RESERVE slots to readers."""
+        async with self._preload_limiter, self._prefetch_limiter, self._limiter:
+            yield
+
+    def start(
+        self, path: str, etag: str | None, lo: int, hi: int, priority: int, size: int | None = None
+    ) -> Fetch:
+        """A fetch of [lo, hi) of an object of `size` bytes, indexed in the cache; its buffer
+        must already be charged to the budget ("inflight")."""
         ext = self.cache.add(path, etag, lo, hi, prefetch=priority != DEMAND)
-        fetch = ext.fetch = Fetch(ext, priority)
+        fetch = ext.fetch = Fetch(ext, priority, size)
         if priority == FILES:
             self.files_pending += 1
         self._spawn(fetch)
@@ -187,15 +214,17 @@ class Fetcher:
 
     async def _fetch_task(self, fetch: Fetch, scope: trio.CancelScope) -> None:
         ext = fetch.extent
-        limiters = [self._limiter]
-        if fetch.priority != DEMAND:
-            limiters.insert(0, self._prefetch_limiter)
-            if fetch.priority == FILES:
-                limiters.insert(0, self._files_limiter)
         held: list[trio.CapacityLimiter] = []
         try:
             with scope:
                 try:
+                    if await self._from_disk(fetch):
+                        return
+                    limiters = [self._limiter]
+                    if fetch.priority != DEMAND:
+                        limiters.insert(0, self._prefetch_limiter)
+                        if fetch.priority == FILES:
+                            limiters.insert(0, self._files_limiter)
                     for lim in limiters:
                         await lim.acquire()
                         held.append(lim)
@@ -204,6 +233,7 @@ class Fetcher:
                 finally:
                     for lim in reversed(held):
                         lim.release()
+                await self._to_disk(fetch)
         except BackendError as e:
             if fetch.scope is scope:
                 if fetch.priority != DEMAND:
@@ -219,6 +249,85 @@ class Fetcher:
                 if ext.pending:  # cancelled: shutdown, or nobody wants it
                     self._finish(fetch, BackendError("the read was cancelled", ext.path))
 
+    async def _from_disk(self, fetch: Fetch) -> bool:
+        """Serve the extent from the disk tier if it holds it (before taking a network slot, so
+        a disk hit never queues behind the network). Marked started meanwhile: a promotion does
+        not requeue it, and the worker thread filling its buffer is always waited for."""
+        ext = fetch.extent
+        disk = self.disk
+        if disk is None or fetch.size is None or ext.etag is None or not disk.usable(ext.etag):
+            return False
+        buf = bytearray(ext.size)
+        fetch.started = True
+        try:
+            hit = await disk.read(ext.path, ext.etag, fetch.size, ext.start, buf)
+        finally:
+            fetch.started = False
+        if not ext.pending:
+            return True  # given up meanwhile (nobody wants it): nothing to complete
+        ext.data = buf  # a miss: the network fetch fills this same buffer
+        if not hit:
+            return False
+        self._completed(fetch, buf)
+        return True
+
+    async def _to_disk(self, fetch: Fetch) -> None:
+        """After a fetch from the network: store its block on disk once the whole block is in
+        memory (this extent alone, or with its neighbours when a reader's fetch covered part of
+        it), the extents pinned meanwhile so that the memory written from stays in the budget.
+        When the writer is behind, the block is remembered and stored later if it is still in
+        memory then; this task then stores remembered blocks while the writer has room."""
+        ext = fetch.extent
+        disk = self.disk
+        if disk is None or not fetch.from_network or ext.error is not None or not ext.cached:
+            return
+        if ext.etag is None or fetch.size is None or not disk.usable(ext.etag):
+            return
+        chunk = disk.chunk(ext.start, ext.end, fetch.size)
+        if chunk is None:
+            return
+        await self._store(ext.path, ext.etag, *chunk, defer=True)
+        while self._deferred and disk.has_room(self._deferred[0][3]):
+            await self._store(*self._deferred.popleft(), defer=False)
+
+    async def _store(self, path: str, etag: str, lo: int, n: int, defer: bool) -> None:
+        disk = self.disk
+        assert disk is not None
+        parts = self.cache.cover(path, etag, lo, lo + n)
+        if not all(isinstance(e, Extent) and e.cached and not e.pending for e in parts):
+            if not defer:
+                self.stats.incr("disk_write_behind")  # left memory before the writer had room
+            return  # (else the rest of the block is not here yet: whoever completes it stores it)
+        if not disk.has_room(n):
+            # Reads first: the memory the writer would pin is the read-ahead's.
+            if defer and len(self._deferred) < DEFER_MAX:
+                self._deferred.append((path, etag, lo, n))
+            else:
+                self.stats.incr("disk_write_behind")
+            return
+        extents: list[Extent] = parts  # type: ignore[assignment]
+        for e in extents:
+            self.cache.pin(e)
+        try:
+            # Extents never span blocks: these fill [lo, lo + n) exactly, in order.
+            views = [memoryview(e.data).toreadonly() for e in extents]  # type: ignore[arg-type]
+            data = views[0] if len(views) == 1 else b"".join(views)
+            await disk.write(path, etag, lo, data)
+        finally:
+            for e in extents:
+                self.cache.unpin(e)
+
+    def _completed(self, fetch: Fetch, buf: bytearray) -> None:
+        """The extent's bytes are all in `buf`: to the cache (its charge too), readers woken."""
+        ext = fetch.extent
+        fetch.charged = False
+        if self.cache.complete(ext, buf):
+            self.budget.move("inflight", "cache", ext.size)
+            self.budget.settle()
+        else:
+            self.budget.give("inflight", ext.size)
+        self._disown(fetch)
+
     async def _get(self, fetch: Fetch) -> None:
         """Fetch the extent, retrying transient failures with jittered backoff; give up after
         `read_timeout` without progress. On success the buffer's charge moves to the cache; an
@@ -228,7 +337,7 @@ class Fetcher:
         idle = trio.CancelScope(deadline=trio.current_time() + timeout)
         last: BackendError | None = None
         attempt = 0
-        buf = bytearray(ext.size)
+        buf = ext.data if ext.data is not None and ext.filled == 0 else bytearray(ext.size)
         ext.data = buf
         with idle:
             while True:
@@ -244,13 +353,8 @@ class Fetcher:
                     attempt += 1
                     await trio.sleep(delay)
                     continue
-                fetch.charged = False
-                if self.cache.complete(ext, buf):
-                    self.budget.move("inflight", "cache", ext.size)
-                    self.budget.settle()
-                else:
-                    self.budget.give("inflight", ext.size)
-                self._disown(fetch)
+                fetch.from_network = True
+                self._completed(fetch, buf)
                 return
         why = f" (last error: {last})" if last is not None else ""
         raise BackendError(f"reading {ext.path!r} timed out after {timeout:g} s{why}", ext.path)

@@ -9,7 +9,9 @@ class Stats:
     """Named counters. Only the trio thread writes them, so no lock is needed.
 
     Names in use: requests.<op> (FUSE requests by kind), backend.<call> (storage calls),
-    bytes_fetched, cache_hits, cache_misses, prefetch_hits, prefetch_bytes, errors.<ERRNO>.
+    bytes_fetched, cache_hits, cache_misses, prefetch_hits, prefetch_bytes, errors.<ERRNO>; the
+    disk tier's disk_hits, disk_misses, disk_bytes_read, disk_writes, disk_bytes_written,
+    disk_write_skipped, disk_write_behind, disk_corrupt, disk_errors (disktier.py).
     Gauges (resident cache bytes) are set with `set`.
     """
 
