@@ -103,14 +103,19 @@ class BlobFastPath:
         retry_total: int = 3,
         retry_backoff: float = 1.0,
         api_version: str = API_VERSION,
+        extra_headers: dict[str, str] | None = None,
     ):
         """ValueError when an HTTP proxy applies that cannot be tunnelled through (see
-        http.proxy_for)."""
+        http.proxy_for). `extra_headers`: sent (and signed) with every request (Azure Files'
+        `x-ms-file-request-intent` for a token). `container` is the first path segment: a
+        container, a File share, an ADLS Gen2 filesystem (Get File and ADLS reads are the same
+        ranged GET of `/<root>/<path>`, signed the same way)."""
         parts = urlsplit(account_url)
         self.api_version = api_version
         self.netloc = parts.netloc
         self.base = f"{parts.path.rstrip('/')}/{quote(container, safe='')}"
         self.auth = _Auth(credential)
+        self.extra_headers = dict(extra_headers or {})
         self.http = HttpClient(
             account_url, timeout=timeout, retry_total=retry_total, retry_backoff=retry_backoff
         )
@@ -128,16 +133,21 @@ class BlobFastPath:
         *,
         progress: Callable[[int], None] | None = None,
         abort: Abort | None = None,
+        check: Callable[[Response], None] | None = None,
     ) -> int:
         """Fill `buf` from blob `name` at `offset` (If-Match `etag`); the byte count, fewer
         only at the end of the blob. `progress(n)`: bytes in `buf` so far, as they arrive;
-        `abort`: shuts the connection down from another thread (Aborted, never retried)."""
+        `abort`: shuts the connection down from another thread (Aborted, never retried);
+        `check(response)`: sees a 2xx head before its body is read, and may raise (not
+        retried; the connection is closed)."""
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(buf) - 1}"}
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
 
         def consume(r: Response) -> int:
+            if check is not None:
+                check(r)
             return body_into(r, buf, range_size(r, offset, len(buf)), progress)
 
         return self._call(path, {}, headers, consume, abort=abort)
@@ -150,6 +160,7 @@ class BlobFastPath:
         fd: int,
         fd_offset: int,
         etag: str | None = None,
+        check: Callable[[Response], None] | None = None,
     ) -> int:
         """Like read_into, but each piece is written with pwrite to `fd` at `fd_offset` as it
         arrives (still in the CPU cache), through a small per-thread buffer."""
@@ -157,13 +168,24 @@ class BlobFastPath:
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
-        return self._call(
-            path, {}, headers, lambda r: self._body_to_fd(r, offset, length, fd, fd_offset)
-        )
 
-    def read(self, name: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        def consume(r: Response) -> int:
+            if check is not None:
+                check(r)
+            return self._body_to_fd(r, offset, length, fd, fd_offset)
+
+        return self._call(path, {}, headers, consume)
+
+    def read(
+        self,
+        name: str,
+        offset: int,
+        length: int,
+        etag: str | None = None,
+        check: Callable[[Response], None] | None = None,
+    ) -> bytes:
         buf = bytearray(length)
-        n = self.read_into(name, offset, memoryview(buf), etag)
+        n = self.read_into(name, offset, memoryview(buf), etag, check=check)
         return bytes(buf) if n == length else bytes(buf[:n])
 
     def list_flat(self, prefix: str, page_size: int = 5000) -> Iterator[ListedBlob]:
@@ -211,7 +233,9 @@ class BlobFastPath:
         sec = int(time.time())
         if self._date[1] != sec:
             self._date = (formatdate(sec, usegmt=True), sec)
-        headers = {"x-ms-date": self._date[0], "x-ms-version": self.api_version, **extra}
+        headers = {"x-ms-date": self._date[0], "x-ms-version": self.api_version}
+        headers.update(self.extra_headers)
+        headers.update(extra)
         q = urlencode(query, quote_via=quote) if query else ""
         if self.auth.key is not None:
             headers["Authorization"] = self.auth.sign(path, headers, query)
