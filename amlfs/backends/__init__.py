@@ -19,7 +19,16 @@ from .base import (
     ObjectInfo,
     Transient,
 )
-from .bridge import TrioBackend
+
+
+def __getattr__(name: str) -> Any:
+    """`TrioBackend` on first use: importing it loads trio, which only the mount needs."""
+    if name == "TrioBackend":
+        from .bridge import TrioBackend
+
+        return TrioBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Abort",

@@ -54,6 +54,28 @@ STORAGE_SCOPE = "https://storage.azure.com/.default"
 _PIECE = PIECE
 
 
+class NamedKey:
+    """An account name and key, shaped like azure.core's AzureNamedKeyCredential (`named_key`)
+    without importing the SDK."""
+
+    def __init__(self, name: str, key: str):
+        self.named_key = self
+        self.name = name
+        self.key = key
+
+
+def lean_credential(rc: Any, account_name: str | None) -> Any:
+    """What `_Auth` takes for the resolved credential `rc` (credentials.ResolvedCredential): as
+    credentials.sdk_credential, but an account key needs no SDK import."""
+    from ..credentials import ACCOUNT_KEY, SAS, TOKEN, sdk_credential
+
+    if rc.kind == ACCOUNT_KEY and account_name:
+        return NamedKey(account_name, rc.value)
+    if rc.kind in (SAS, TOKEN):
+        return rc.value
+    return sdk_credential(rc, account_name)  # its errors, and the rarer kinds
+
+
 class _Auth:
     """Authenticates one request: SharedKey signature, SAS query, bearer token, or nothing."""
 
