@@ -531,28 +531,20 @@ class BlobBackend(AzureBackend):
         rel = file_path(path)
         if not is_safe_relpath(rel):
             raise InvalidName(f"{rel!r} is not a valid file name (a segment over 255 bytes?)", rel)
-        from azure.storage.blob import ContentSettings
-
-        bc = self._cc.get_blob_client(rel)
         if length <= self.single_put_size:
             data = read_exact(stream, length)
             if len(data) != length:
                 raise _source_ended(rel, len(data), length)
             md5 = hashlib.md5(data).digest()
             # The service checks the body against x-ms-blob-content-md5 and stores it.
-            resp = self._call(
-                rel,
-                lambda: bc.upload_blob(
-                    data,
-                    length=length,
-                    overwrite=overwrite,
-                    content_settings=ContentSettings(content_md5=bytearray(md5)),
-                    max_concurrency=1,
-                ),
-            )
+            if self._fast is not None:
+                resp = self._lean_put(rel, data, md5, overwrite)
+            else:
+                resp = self._sdk_put(rel, data, md5, overwrite)
         else:
             if not overwrite and self._call(rel, lambda: self._head(rel)) is not None:
                 raise AlreadyExists(f"{rel!r} exists", rel)
+            bc = self._cc.get_blob_client(rel)
             resp, md5 = self._call(
                 rel, lambda: self._upload_blocks(bc, rel, stream, length, overwrite)
             )
@@ -563,6 +555,35 @@ class BlobBackend(AzureBackend):
             etag=quoted_etag(resp.get("etag")),
             mtime=timestamp(resp.get("last_modified")),
             content_md5=md5,
+        )
+
+    def _lean_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> dict[str, Any]:
+        """One Put Blob through the lean client (blobget.py): ~0.3 ms of client CPU against
+        the SDK's ~2 ms, the same request and errors."""
+        fast = self._fast
+        assert fast is not None
+        try:
+            return fast.put(rel, data, md5, overwrite)
+        except HttpStatusError as e:
+            if not overwrite and e.status_code in (409, 412):
+                raise AlreadyExists(f"{rel!r} exists", rel) from None  # as Kind.EXISTS says
+            raise self._map_error(e, rel) from None
+        except Exception as e:
+            raise self._map_error(e, rel) from None
+
+    def _sdk_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> Any:
+        from azure.storage.blob import ContentSettings
+
+        bc = self._cc.get_blob_client(rel)
+        return self._call(
+            rel,
+            lambda: bc.upload_blob(
+                data,
+                length=len(data),
+                overwrite=overwrite,
+                content_settings=ContentSettings(content_md5=bytearray(md5)),
+                max_concurrency=1,
+            ),
         )
 
     def _upload_blocks(
