@@ -401,7 +401,7 @@ def print_table(timings: list[Timing]) -> None:
         print_peer_table(cases)
     proto: dict[tuple[str, str], list[ServerTiming]] = {}
     for t in timings:
-        if isinstance(t, ServerTiming):
+        if isinstance(t, ServerTiming) and t.tool in PROTOCOL_TOOLS:
             proto.setdefault((t.case, t.tool), []).append(t)
     if proto:
         print()
