@@ -56,7 +56,7 @@ def write_registry(path: str, url: str, containers: list[str]) -> str:
     import yaml
 
     doc = {
-        "default_datastore": containers[0],
+        "default_datastore": containers[0].replace("-", "_"),
         "datastores": [
             {
                 "name": c.replace("-", "_"),
