@@ -96,6 +96,8 @@ async def _serve(upstream: int, delay: float, rate: float | None, conn) -> None:
             return
         try:
             await asyncio.gather(_pump(cr, sw, rate, delay), _pump(sr, cw, rate, 0.0))
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping: an idle keep-alive connection ends quietly
         finally:
             for w in (cw, sw):
                 w.close()
