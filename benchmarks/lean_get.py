@@ -1,8 +1,10 @@
-"""Client CPU of the lean Blob GET path: 1 GiB read through `BlobBackend.read_range_into` into
-one reused 8 MiB buffer, from Azurite on loopback; prints wall time and client CPU seconds
-(time.process_time(), so Azurite's CPU is not counted) per GiB.
+"""Client CPU of the lean GET path: 1 GiB read through `read_range_into` into one reused 8 MiB
+buffer, from Azurite on loopback (Blob) or a tests/servers protocol server in a child process
+(`--backend fileshare|adls`); prints wall time and client CPU seconds (time.process_time(), so
+the server's CPU is not counted) per GiB, and the server's CPU seconds for the protocol servers.
 
-    .venv/bin/python benchmarks/lean_get.py [--gib 1] [--blob-mib 64] [--sdk] [--progress]
+    .venv/bin/python benchmarks/lean_get.py [--backend blob] [--gib 1] [--blob-mib 64] [--sdk]
+        [--progress]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ACCOUNT, KEY, start_bench_azurite  # noqa: E402
+from common import ACCOUNT, KEY, ProtocolServer, start_bench_azurite  # noqa: E402
 
 from amlfs.backends.blob import BlobBackend  # noqa: E402
 from amlfs.credentials import ResolvedCredential  # noqa: E402
@@ -30,7 +32,23 @@ def main() -> None:
     ap.add_argument("--block-mib", type=int, default=8)
     ap.add_argument("--sdk", action="store_true", help="read through the SDK instead (lean=False)")
     ap.add_argument("--progress", action="store_true", help="with a progress callback")
+    ap.add_argument("--backend", choices=["blob", "fileshare", "adls"], default="blob")
     args = ap.parse_args()
+    if args.backend != "blob":
+        with ProtocolServer(
+            args.backend, "bench", synthetic={"blob": args.blob_mib * MiB}
+        ) as server:
+            from amlfs.backends.adls import AdlsBackend
+            from amlfs.backends.fileshare import FileShareBackend
+            from amlfs.schema import parse_datastore
+
+            cls = FileShareBackend if args.backend == "fileshare" else AdlsBackend
+            ds = parse_datastore(server.entry, "the benchmark")
+            backend = cls.from_config(ds, lean=not args.sdk)
+            cpu0 = server.cpu_seconds()
+            run(args, backend)
+            print(f"  server CPU {server.cpu_seconds() - cpu0:.2f} s")
+        return
     az = start_bench_azurite()
     try:
         cred = ResolvedCredential("account_key", KEY, "the Azurite key")
@@ -39,6 +57,13 @@ def main() -> None:
         )
         backend.ensure_exists()
         backend.write_bytes("blob", os.urandom(args.blob_mib * MiB))
+        run(args, backend)
+    finally:
+        az.stop()
+
+
+def run(args: argparse.Namespace, backend) -> None:
+    if True:
         block = args.block_mib * MiB
         buf = memoryview(bytearray(block))
         total = int(args.gib * 1024) * MiB
@@ -52,12 +77,11 @@ def main() -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         gib = done / (1 << 30)
         print(
-            f"{'sdk' if args.sdk else 'lean'}{' +progress' if args.progress else ''}: {gib:.2f} GiB in {wall:.2f} s wall, "
+            f"{args.backend} {'sdk' if args.sdk else 'lean'}{' +progress' if args.progress else ''}:"
+            f" {gib:.2f} GiB in {wall:.2f} s wall, "
             f"{cpu:.2f} CPU-s ({cpu / gib:.2f} CPU-s/GiB, {gib * 1024 / wall:.0f} MiB/s)"
         )
         backend.close()
-    finally:
-        az.stop()
 
 
 if __name__ == "__main__":

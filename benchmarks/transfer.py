@@ -138,10 +138,15 @@ class Bench:
         return container_sas_url(self.az, container)
 
     def run(self, tool: str, case: str, cmd: list[str], env: dict | None = None) -> Timing:
+        from benchmarks.netproxy import proc_cpu
+
+        a0 = proc_cpu(self.az.proc.pid)
         t = timed(tool, case, cmd, env=env)
-        self.timings.append(t)
-        print(f"  {tool:<14} {case:<20} {t.wall:7.2f} s  cpu {t.cpu:6.2f} s", flush=True)
-        return t
+        st = ServerTiming(**asdict(t), server_cpu=proc_cpu(self.az.proc.pid) - a0)
+        self.timings.append(st)
+        print(f"  {tool:<14} {case:<20} {t.wall:7.2f} s  cpu {t.cpu:6.2f} s"
+              f"  azurite cpu {st.server_cpu:6.2f} s", flush=True)  # fmt: skip
+        return st
 
     def check(self, where: str, want: tuple[int, int]) -> None:
         check_tree(where, want)
@@ -396,7 +401,7 @@ def print_table(timings: list[Timing]) -> None:
         print_peer_table(cases)
     proto: dict[tuple[str, str], list[ServerTiming]] = {}
     for t in timings:
-        if isinstance(t, ServerTiming):
+        if isinstance(t, ServerTiming) and t.tool in PROTOCOL_TOOLS:
             proto.setdefault((t.case, t.tool), []).append(t)
     if proto:
         print()
@@ -411,15 +416,22 @@ def print_table(timings: list[Timing]) -> None:
 
 def print_peer_table(cases: dict[str, dict[str, list[Timing]]]) -> None:
     print()
-    print(f"{'case':<24} {'tool':<14} {'wall s':>8} {'cpu s':>8} {'vs amlfs':>9}")
+    print(f"{'case':<24} {'tool':<14} {'wall s':>8} {'cpu s':>8} {'azurite':>8} {'vs amlfs':>9}"
+          f" {'cpu/rclone':>10}")  # fmt: skip
     for case, by_tool in cases.items():
         ref = statistics.median(t.wall for t in by_tool["amlfs"]) if "amlfs" in by_tool else None
+        rcpu = statistics.median(t.cpu for t in by_tool["rclone"]) if "rclone" in by_tool else None
         for tool, ts in by_tool.items():
             wall = statistics.median(t.wall for t in ts)
             cpu = statistics.median(t.cpu for t in ts)
+            srv = statistics.median(getattr(t, "server_cpu", None) or 0.0 for t in ts)
             ratio = f"{wall / ref:8.2f}x" if ref else "-"
-            print(f"{case:<24} {tool:<14} {wall:8.2f} {cpu:8.2f} {ratio:>9}")
-    print("vs amlfs: the tool's wall time / amlfs's (above 1: amlfs is faster)")
+            cratio = f"{cpu / rcpu:9.2f}x" if rcpu else "-"
+            print(
+                f"{case:<24} {tool:<14} {wall:8.2f} {cpu:8.2f} {srv:8.2f} {ratio:>9} {cratio:>10}"
+            )
+    print("vs amlfs: the tool's wall time / amlfs's (above 1: amlfs is faster);"
+          " cpu/rclone: the tool's client CPU / rclone copy's; azurite: Azurite's CPU seconds")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from amlfs.backends.base import (
     Transient,
 )
 from amlfs.backends.bridge import TrioBackend
+from amlfs.fs import readahead
 from amlfs.fs.blockcache import Extent
 from amlfs.fs.datapath import DataPath, DataPathConfig
 from amlfs.fs.stats import Stats
@@ -371,7 +372,9 @@ def test_a_failed_shared_fetch_wakes_every_waiter_and_is_not_cached():
     assert len(backend.calls_for("f")) == 2  # one shared failed GET, one for the new version
 
 
-def test_demand_reads_do_not_queue_behind_prefetch():
+def test_demand_reads_do_not_queue_behind_prefetch(monkeypatch):
+    # Block-sized prefetch GETs (not grown with the window), so that several queue up.
+    monkeypatch.setattr(readahead, "MAX_REQUEST", 256 * KiB)
     big = pattern(8 * MiB)
     backend = ModelBackend({"big": big, "other": pattern(300 * KiB, 1)}, latency=0.25)
     config = DataPathConfig(

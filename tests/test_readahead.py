@@ -1,7 +1,7 @@
 """ReadAhead: property tests of the pure policy over random read sequences.
 
 `Sim` plays the data path: it fetches only the holes of what the policy asks for (split at block
-boundaries, as DataPath does) and makes a fetch ready `latency` reads after it was issued.
+boundaries, or at multiples of the advised piece for prefetches, as DataPath does) and makes a fetch ready `latency` reads after it was issued.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amlfs.fs.readahead import RANDOM_MAX, ReadAhead
+from amlfs.fs.readahead import MAX_REQUEST, RANDOM_MAX, ReadAhead
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -36,7 +36,7 @@ class Sim:
                 pos = e
         return pos >= hi
 
-    def holes(self, lo, hi):
+    def holes(self, lo, hi, piece=0):
         out = []
         pos = lo
         for s, e, _ in sorted(self.fetched):
@@ -48,9 +48,10 @@ class Sim:
         if pos < hi:
             out.append((pos, hi))
         split = []
+        step = max(self.block, piece)
         for a, b in out:
             while a < b:
-                stop = min(b, (a // self.block + 1) * self.block)
+                stop = min(b, (a // step + 1) * step)
                 split.append((a, stop))
                 a = stop
         return split
@@ -68,14 +69,16 @@ class Sim:
             if not ready:
                 self.starved += 1
                 new += self.holes(*adv.demand)
+        piece = adv.piece or self.block
+        assert piece % self.block == 0 and piece <= max(self.block, MAX_REQUEST)
         for lo, hi in adv.prefetch:
-            assert (lo // self.block) == ((hi - 1) // self.block), "prefetch spans a block"
+            assert (lo // piece) == ((hi - 1) // piece), "prefetch spans a piece"
             if self.refuse_above is not None and self.ra.outstanding() > self.refuse_above:
                 before = self.ra.window
                 self.ra.on_refused(lo)
                 self.refusals.append((before, self.ra.window))
                 break
-            new += self.holes(lo, hi)
+            new += self.holes(lo, hi, adv.piece)
         for lo, hi in [adv.demand, *adv.prefetch]:
             assert 0 <= lo <= hi <= self.size, (lo, hi, self.size)
         for lo, hi in new:
@@ -284,3 +287,21 @@ def test_concurrent_reads_stalled_on_one_fetch_count_as_one_stall():
     for i in range(8):
         ra.on_read(8 * MiB + i * 128 * KiB, 128 * KiB, False)
     assert ra.window == 2 * MiB
+
+
+@given(latency=st.integers(64, 128), chunk=st.sampled_from([512 * KiB, 1 * MiB]))
+@settings(deadline=None, max_examples=30)
+def test_a_starved_sequential_read_gets_fewer_larger_gets(latency, chunk):
+    """The GET size grows with the window: a 1 GiB sequential read that the storage cannot keep
+    up with (each fetch ready `latency` reads later), with a 128 MiB cap, costs far fewer GETs
+    than 8 MiB blocks (128), each byte once, none above MAX_REQUEST."""
+    block, size = 8 * MiB, 1024 * MiB
+    sim = Sim(size, block, 1 * MiB, 128 * MiB, latency=latency)
+    for off in range(0, size, chunk):
+        sim.read(off, chunk)
+    spans = sorted((s, e) for s, e, _ in sim.fetched)
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # each byte once
+    assert max(e - s for s, e in spans) <= MAX_REQUEST
+    assert max(e - s for s, e in spans) >= 4 * block  # grown past one block
+    assert len(spans) < size // block // 2, len(spans)

@@ -53,11 +53,12 @@ from .base import (
     is_safe_name,
     normpath,
 )
+from .leanread import AdlsLeanReads, blob_endpoint, lean_client
 
 log = logging.getLogger(__name__)
 
 
-class AdlsBackend(SdkReads, AzureBackend):
+class AdlsBackend(AdlsLeanReads, SdkReads, AzureBackend):
     """One ADLS Gen2 filesystem. Thread-safe (the SDK clients are; little state here)."""
 
     service = "ADLS"
@@ -86,9 +87,11 @@ class AdlsBackend(SdkReads, AzureBackend):
         retry_backoff: float = 1.0,
         connection_timeout: float = 10.0,
         read_timeout: float | None = None,
+        lean: bool = True,
     ) -> AdlsBackend:
         """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
-        SDK's default schedule, see client_options)."""
+        SDK's default schedule, see client_options). `lean=False`: ranged reads through the SDK
+        too (else leanread.py's lean GET on the Blob endpoint, with the same retries)."""
         if not ds.filesystem:
             raise RegistryError(
                 f"datastore {ds.name!r}: filesystem is required for azure_data_lake_gen2"
@@ -102,10 +105,21 @@ class AdlsBackend(SdkReads, AzureBackend):
             connection_timeout=connection_timeout,
             read_timeout=read_timeout,
         )
-        fs = FileSystemClient(
-            url, ds.filesystem, credential=sdk_credential(rc, ds.account_name), **kwargs
-        )
-        return cls(fs, url=url, credential=rc, block_size=block_size, session=session)
+        cred = sdk_credential(rc, ds.account_name)
+        fs = FileSystemClient(url, ds.filesystem, credential=cred, **kwargs)
+        backend = cls(fs, url=url, credential=rc, block_size=block_size, session=session)
+        if lean:
+            backend._lean = lean_client(
+                blob_endpoint(url),
+                ds.filesystem,
+                cred,
+                api_version=fs.api_version,
+                timeout=read_timeout or 60.0,
+                retry_total=retry_total,
+                retry_backoff=retry_backoff,
+                description=backend.description,
+            )
+        return backend
 
     def _message(self, kind: Kind, f: Failure) -> str:
         if kind is Kind.ACL:
@@ -259,6 +273,7 @@ class AdlsBackend(SdkReads, AzureBackend):
             raise self._map_error(e, "") from None
 
     def close(self) -> None:
+        self._close_lean()
         self.fs.close()
         if self._session is not None:
             self._session.close()

@@ -1,6 +1,10 @@
 """The Azure SDK clients of the backends (blob.py, fileshare.py, adls.py): endpoint and credential
 resolution, the retry policy (bounded, a refused token final), the HTTP session and its pool, and
 how an `Abort` reaches an SDK download.
+
+The SDK (azure.core, azure.storage, requests: ~0.25 s of start-up CPU) is imported on first use,
+not with this module: a Blob command served by the lean client alone (a no-change `stage`
+re-run) never loads it.
 """
 
 from __future__ import annotations
@@ -10,11 +14,6 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import requests
-from azure.core.exceptions import ClientAuthenticationError
-from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import ExponentialRetry
 
 from ..credentials import ResolvedCredential, account_url, resolve_credential
 from ..registry import DatastoreConfig
@@ -33,36 +32,53 @@ def resolve(ds: DatastoreConfig, service: str) -> tuple[ResolvedCredential, str]
     return rc, account_url(ds, service, rc)
 
 
-class AzureRetry(ExponentialRetry):
-    """The storage SDK's exponential retry, except that a credential that cannot produce a token
-    is not retried: it will not change its mind, and a wrong client secret would otherwise cost
-    half a minute of backoff before the user hears of it. (The token request runs inside the
-    retry policy; the SDK's own signing errors are never retried anyway.)"""
+@functools.cache
+def _retry_classes() -> tuple[type, type]:
+    """AzureRetry and BoundedRetry, defined on first use (they subclass the SDK's retry)."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.storage.blob import ExponentialRetry
 
-    def increment(
-        self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None
-    ) -> bool:
-        if isinstance(error, ClientAuthenticationError):
-            return False
-        return super().increment(settings, request, response=response, error=error)
+    class AzureRetry(ExponentialRetry):
+        """The storage SDK's exponential retry, except that a credential that cannot produce a
+        token is not retried: it will not change its mind, and a wrong client secret would
+        otherwise cost half a minute of backoff before the user hears of it. (The token request
+        runs inside the retry policy; the SDK's own signing errors are never retried anyway.)"""
+
+        def increment(
+            self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None
+        ) -> bool:
+            if isinstance(error, ClientAuthenticationError):
+                return False
+            return super().increment(settings, request, response=response, error=error)
+
+    class BoundedRetry(AzureRetry):
+        """Waits `backoff`, 2x, 4x... (jittered down to half), so that `retry_total` retries
+        end within a bounded time -- the SDK default (15 s + 3^n) can stall a FUSE read for a
+        minute."""
+
+        def __init__(self, backoff: float, retry_total: int):
+            super().__init__(initial_backoff=0, increment_base=2, retry_total=retry_total)
+            self.backoff = backoff
+
+        def get_backoff_time(self, settings: dict[str, Any]) -> float:
+            count = max(0, settings["count"] - 1)
+            return self.backoff * 2**count * random.uniform(0.5, 1.0)
+
+    return AzureRetry, BoundedRetry
 
 
-class BoundedRetry(AzureRetry):
-    """Waits `backoff`, 2x, 4x... (jittered down to half), so that `retry_total` retries end
-    within a bounded time -- the SDK default (15 s + 3^n) can stall a FUSE read for a minute."""
-
-    def __init__(self, backoff: float, retry_total: int):
-        super().__init__(initial_backoff=0, increment_base=2, retry_total=retry_total)
-        self.backoff = backoff
-
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        count = max(0, settings["count"] - 1)
-        return self.backoff * 2**count * random.uniform(0.5, 1.0)
+def __getattr__(name: str) -> Any:
+    """`AzureRetry` and `BoundedRetry`, imported from here as before (loads the SDK)."""
+    if name == "AzureRetry":
+        return _retry_classes()[0]
+    if name == "BoundedRetry":
+        return _retry_classes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def retry_policy(retry_total: int | None, backoff: float = 1.0) -> AzureRetry | None:
+def retry_policy(retry_total: int | None, backoff: float = 1.0) -> Any:
     """A BoundedRetry of `retry_total` retries (0: none), or None for the default schedule."""
-    return None if retry_total is None else BoundedRetry(backoff, retry_total)
+    return None if retry_total is None else _retry_classes()[1](backoff, retry_total)
 
 
 def client_options(
@@ -73,7 +89,7 @@ def client_options(
     final; `api_version`: the x-ms-version to send (None: the SDK's newest); `transport`: a
     `transport=`, or the SDK transport's `connection_timeout=` etc."""
     if retry_policy is None:
-        retry_policy = AzureRetry(initial_backoff=1, increment_base=2, retry_total=4)
+        retry_policy = _retry_classes()[0](initial_backoff=1, increment_base=2, retry_total=4)
     extra = {"api_version": api_version} if api_version else {}
     return {
         "max_single_get_size": block_size,
@@ -94,10 +110,13 @@ def pooled_transport(
     max_connections: int = POOL_CONNECTIONS,
     connection_timeout: float = 10.0,
     read_timeout: float = 60.0,
-) -> tuple[RequestsTransport, requests.Session]:
+) -> tuple[Any, Any]:
     """A transport over our own session (close it with the client): the SDK's default pool keeps
     10 connections, fewer than the threads a mount or a transfer drives; urllib3's own retries
     stay off (the SDK policy retries)."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=4, pool_maxsize=max_connections, max_retries=0
@@ -122,7 +141,7 @@ def pooled_client_options(
     retry_backoff: float,
     connection_timeout: float,
     read_timeout: float | None,
-) -> tuple[dict[str, Any], requests.Session]:
+) -> tuple[dict[str, Any], Any]:
     """The client keywords of a File share or ADLS backend (`client_options` over our own pooled
     transport), and the session to close with it."""
     transport, session = pooled_transport(

@@ -19,19 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    DecodeError,
-    HttpResponseError,
-    IncompleteReadError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-
 from ..credentials import ResolvedCredential, redact
 from .azclient import sdk_abort
 from .base import (
@@ -63,7 +50,6 @@ class UnsupportedVersion(BackendError):
 PAGE_SIZE = 5000  # the services' maximum per listing call
 TMP_PREFIX = ".amlfs-tmp-"
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # and any other 5xx
-_NETWORK_ERRORS = (ServiceRequestError, ServiceResponseError, IncompleteReadError, OSError)
 _MAX_LOGGED_KEYS = 10_000
 
 
@@ -160,6 +146,8 @@ def temp_name(rel: str) -> str:
 @contextmanager
 def removed_on_failure(tmp_client: Any) -> Iterator[None]:
     """Delete the temporary file of `tmp_client` (best effort) when the block fails at all."""
+    from azure.core.exceptions import AzureError
+
     try:
         yield
     except BaseException:
@@ -247,7 +235,20 @@ def classify(
     exc: BaseException, status: int | None, code: str, exists_codes: frozenset[str] | None = None
 ) -> Kind:
     """The kind of failure `exc` is. `exists_codes`: the error codes with which a
-    ResourceExistsError means "already exists" (None: so does every conflict, any 409)."""
+    ResourceExistsError means "already exists" (None: so does every conflict, any 409). (The
+    SDK's exception classes are imported here, on the first failure: see azclient.py.)"""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        DecodeError,
+        HttpResponseError,
+        IncompleteReadError,
+        ResourceExistsError,
+        ResourceModifiedError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     if isinstance(exc, ResourceModifiedError) or status == 412:
         return Kind.CHANGED
     if code == "ContainerNotFound":
@@ -278,7 +279,7 @@ def classify(
         return Kind.FAILED
     if isinstance(exc, ProtocolError):
         return Kind.PROTOCOL
-    if isinstance(exc, _NETWORK_ERRORS):
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, IncompleteReadError, OSError)):
         return Kind.NETWORK
     if isinstance(exc, DecodeError):
         return Kind.GARBLED
@@ -458,6 +459,8 @@ class AzureBackend(Backend):
         """Create the container / share / filesystem (ResourceExistsError if it exists)."""
 
     def ensure_exists(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
         try:
             self._create()
         except ResourceExistsError:

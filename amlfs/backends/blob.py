@@ -19,19 +19,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings
-
 from ..credentials import ResolvedCredential, sdk_credential
 from ..errors import RegistryError
 from ..registry import DatastoreConfig
 from .azclient import (
-    BoundedRetry,
     MiB,
     client_options,
     pooled_transport,
     resolve,
+    retry_policy,
 )
 from .azure import (
     PAGE_SIZE,
@@ -59,7 +55,7 @@ from .base import (
     is_safe_relpath,
     normpath,
 )
-from .blobget import BlobFastPath, HttpStatusError
+from .blobget import BlobFastPath, HttpStatusError, lean_credential
 from .bloblist import ListedPrefix
 
 log = logging.getLogger(__name__)
@@ -135,22 +131,20 @@ class BlobBackend(AzureBackend):
         self.page_size = PAGE_SIZE
         self._side: ThreadPoolExecutor | None = None
         self._side_lock = threading.Lock()
-        # Each caller may have upload_concurrency block uploads in flight.
-        transport, self._session = pooled_transport(
-            max_connections * self.upload_concurrency, connection_timeout, read_timeout
+        # The SDK client (uploads, HEAD, container calls) is made on first use (`_cc`): a command
+        # the lean client serves alone never imports the SDK (see azclient.py).
+        self._sdk_args = (
+            account_name,
+            max_connections,
+            connection_timeout,
+            read_timeout,
+            retry_total,
+            retry_backoff,
+            api_version,
         )
-        sdk_cred = sdk_credential(credential, account_name)
-        self._cc = ContainerClient(
-            self.account_url,
-            container,
-            credential=sdk_cred,
-            **client_options(
-                block_size,
-                BoundedRetry(retry_backoff, retry_total),
-                api_version=api_version,
-                transport=transport,
-            ),
-        )
+        self._sdk: Any = None
+        self._session: Any = None
+        self._sdk_lock = threading.Lock()
         # Ranged reads and listings, the hot paths, bypass the SDK (see blobget.py).
         self._fast: BlobFastPath | None = None
         if lean:
@@ -158,7 +152,7 @@ class BlobBackend(AzureBackend):
                 self._fast = BlobFastPath(
                     self.account_url,
                     container,
-                    sdk_cred,
+                    lean_credential(credential, account_name),
                     timeout=read_timeout,
                     retry_total=retry_total,
                     retry_backoff=retry_backoff,
@@ -168,6 +162,44 @@ class BlobBackend(AzureBackend):
                 raise  # a malformed account key: open_backend says so in one line
             except ValueError as e:  # a proxy it cannot tunnel through: the SDK gets through
                 log.info("%s: reads go through the SDK: %s", self.description, e)
+        if self._fast is None or api_version:
+            # Fail now on what the SDK refuses (a credential, an api_version it does not know).
+            self._cc  # noqa: B018
+
+    @property
+    def _cc(self) -> Any:
+        """The SDK's ContainerClient, made on first use (thread-safe)."""
+        cc = self._sdk
+        if cc is not None:
+            return cc
+        with self._sdk_lock:
+            if self._sdk is None:
+                from azure.storage.blob import ContainerClient
+
+                (account_name, max_conns, conn_timeout, read_timeout, retries, backoff, version) = (
+                    self._sdk_args
+                )
+                # Each caller may have upload_concurrency block uploads in flight.
+                transport, session = pooled_transport(
+                    max_conns * self.upload_concurrency, conn_timeout, read_timeout
+                )
+                try:
+                    self._sdk = ContainerClient(
+                        self.account_url,
+                        self.container,
+                        credential=sdk_credential(self.credential, account_name),
+                        **client_options(
+                            self.block_size,
+                            retry_policy(retries, backoff),
+                            api_version=version,
+                            transport=transport,
+                        ),
+                    )
+                except BaseException:
+                    session.close()
+                    raise
+                self._session = session
+            return self._sdk
 
     @classmethod
     def from_config(
@@ -247,6 +279,8 @@ class BlobBackend(AzureBackend):
         return any(True for _ in next(pages, []))
 
     def _head(self, rel: str) -> Any | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             return self._cc.get_blob_client(rel).get_blob_properties()
         except ResourceNotFoundError as e:
@@ -309,6 +343,10 @@ class BlobBackend(AzureBackend):
             return items, pages.continuation_token or None
 
         items, next_token = self._call(rel, fetch)
+        if self._fast is None:
+            from azure.storage.blob import BlobPrefix
+        else:
+            BlobPrefix = ListedPrefix  # noqa: N806 - no SDK items on the lean path
         # The service interleaves prefixes and blobs in name order, Azurite lists a page's
         # prefixes first: merge without relying on either.
         entries: dict[str, ObjectInfo] = {}
@@ -410,17 +448,25 @@ class BlobBackend(AzureBackend):
         rel = normpath(path)
         if length <= 0:
             return b""
+        if self._fast is not None:
+            fast = self._fast
+            buf = bytearray(length)
+            n = self._fast_read(
+                rel, length, lambda r: fast.read_into(r, offset, memoryview(buf), etag)
+            )
+            return bytes(buf) if n == length else bytes(buf[:n])
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+
         kwargs: dict[str, Any] = {}
         if etag is not None:
             kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         bc = self._cc.get_blob_client(rel)
         try:
-            if self._fast is not None:
-                return self._fast.read(rel, offset, length, etag)
             return bc.download_blob(
                 offset=offset, length=length, max_concurrency=1, **kwargs
             ).readall()
-        except (HttpResponseError, HttpStatusError) as e:
+        except HttpResponseError as e:
             if e.status_code == 416:  # offset at or past the end
                 return b""
             raise self._map_error(e, rel) from None
@@ -485,26 +531,20 @@ class BlobBackend(AzureBackend):
         rel = file_path(path)
         if not is_safe_relpath(rel):
             raise InvalidName(f"{rel!r} is not a valid file name (a segment over 255 bytes?)", rel)
-        bc = self._cc.get_blob_client(rel)
         if length <= self.single_put_size:
             data = read_exact(stream, length)
             if len(data) != length:
                 raise _source_ended(rel, len(data), length)
             md5 = hashlib.md5(data).digest()
             # The service checks the body against x-ms-blob-content-md5 and stores it.
-            resp = self._call(
-                rel,
-                lambda: bc.upload_blob(
-                    data,
-                    length=length,
-                    overwrite=overwrite,
-                    content_settings=ContentSettings(content_md5=bytearray(md5)),
-                    max_concurrency=1,
-                ),
-            )
+            if self._fast is not None:
+                resp = self._lean_put(rel, data, md5, overwrite)
+            else:
+                resp = self._sdk_put(rel, data, md5, overwrite)
         else:
             if not overwrite and self._call(rel, lambda: self._head(rel)) is not None:
                 raise AlreadyExists(f"{rel!r} exists", rel)
+            bc = self._cc.get_blob_client(rel)
             resp, md5 = self._call(
                 rel, lambda: self._upload_blocks(bc, rel, stream, length, overwrite)
             )
@@ -515,6 +555,35 @@ class BlobBackend(AzureBackend):
             etag=quoted_etag(resp.get("etag")),
             mtime=timestamp(resp.get("last_modified")),
             content_md5=md5,
+        )
+
+    def _lean_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> dict[str, Any]:
+        """One Put Blob through the lean client (blobget.py): ~0.3 ms of client CPU against
+        the SDK's ~2 ms, the same request and errors."""
+        fast = self._fast
+        assert fast is not None
+        try:
+            return fast.put(rel, data, md5, overwrite)
+        except HttpStatusError as e:
+            if not overwrite and e.status_code in (409, 412):
+                raise AlreadyExists(f"{rel!r} exists", rel) from None  # as Kind.EXISTS says
+            raise self._map_error(e, rel) from None
+        except Exception as e:
+            raise self._map_error(e, rel) from None
+
+    def _sdk_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> Any:
+        from azure.storage.blob import ContentSettings
+
+        bc = self._cc.get_blob_client(rel)
+        return self._call(
+            rel,
+            lambda: bc.upload_blob(
+                data,
+                length=len(data),
+                overwrite=overwrite,
+                content_settings=ContentSettings(content_md5=bytearray(md5)),
+                max_concurrency=1,
+            ),
         )
 
     def _upload_blocks(
@@ -549,6 +618,9 @@ class BlobBackend(AzureBackend):
             finally:
                 for f in inflight:
                     f.cancel()
+        from azure.core import MatchConditions
+        from azure.storage.blob import ContentSettings
+
         digest = md5.digest()
         conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
         resp = bc.commit_block_list(
@@ -575,5 +647,7 @@ class BlobBackend(AzureBackend):
             self._side.shutdown(wait=False, cancel_futures=True)
         if self._fast is not None:
             self._fast.close()
-        self._cc.close()
-        self._session.close()
+        with self._sdk_lock:
+            if self._sdk is not None:
+                self._sdk.close()
+                self._session.close()

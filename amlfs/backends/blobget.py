@@ -1,4 +1,5 @@
-"""A lean Blob client for the hot requests: ranged `Get Blob` and `List Blobs`.
+"""A lean Blob client for the hot requests: ranged `Get Blob`, `List Blobs`, and `Put Blob` of
+a whole small file (uploads of many small files).
 
 The SDK costs ~2 ms of client CPU per request (pipeline policies, requests, urllib3, model
 deserialisation) and copies every body several times; a stage of 2000 small files spent more CPU
@@ -6,8 +7,8 @@ in the SDK than the service spent serving them, and deserialising a 5000-blob li
 ~0.9 s (bloblist.py parses one in ~50 ms). This module sends the same authenticated requests
 (SharedKey signature, SAS, or bearer token from the same credential objects the SDK takes) over
 persistent HTTP/1.1 connections (http.py: pool, proxy tunnel, framing checks) and receives
-bodies straight into the caller's buffer. Everything else (uploads, metadata, container
-operations) stays on the SDK.
+bodies straight into the caller's buffer. Everything else (block uploads of large files,
+metadata, container operations) stays on the SDK.
 
 Concurrency: a BlobFastPath is thread-safe; each call blocks its thread, and an `Abort` ends a
 call from another thread. Failures are raised as `HttpStatusError` (status, x-ms-error-code),
@@ -25,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -54,6 +55,28 @@ STORAGE_SCOPE = "https://storage.azure.com/.default"
 _PIECE = PIECE
 
 
+class NamedKey:
+    """An account name and key, shaped like azure.core's AzureNamedKeyCredential (`named_key`)
+    without importing the SDK."""
+
+    def __init__(self, name: str, key: str):
+        self.named_key = self
+        self.name = name
+        self.key = key
+
+
+def lean_credential(rc: Any, account_name: str | None) -> Any:
+    """What `_Auth` takes for the resolved credential `rc` (credentials.ResolvedCredential): as
+    credentials.sdk_credential, but an account key needs no SDK import."""
+    from ..credentials import ACCOUNT_KEY, SAS, TOKEN, sdk_credential
+
+    if rc.kind == ACCOUNT_KEY and account_name:
+        return NamedKey(account_name, rc.value)
+    if rc.kind in (SAS, TOKEN):
+        return rc.value
+    return sdk_credential(rc, account_name)  # its errors, and the rarer kinds
+
+
 class _Auth:
     """Authenticates one request: SharedKey signature, SAS query, bearer token, or nothing."""
 
@@ -79,13 +102,36 @@ class _Auth:
                 self._token = (tok.token, float(tok.expires_on))
             return self._token[0]
 
-    def sign(self, path: str, headers: dict[str, str], query: dict[str, str]) -> str:
-        """The SharedKey Authorization value for a GET of `path` (percent-encoded)."""
+    def sign(
+        self, path: str, headers: dict[str, str], query: dict[str, str], verb: str = "GET"
+    ) -> str:
+        """The SharedKey Authorization value for a request of `path` (percent-encoded); the
+        standard headers are taken from `headers` as this client spells them."""
         xms = "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()) if k.startswith("x-ms-"))
         resource = f"/{self.account}{path}" + "".join(
             f"\n{k}:{v}" for k, v in sorted(query.items())
         )
-        to_sign = "GET\n\n\n\n\n\n\n\n" + headers.get("If-Match", "") + "\n\n\n\n" + xms + resource
+        if verb == "GET":
+            standard = "\n\n\n\n\n\n\n" + headers.get("If-Match", "") + "\n\n\n\n"
+        else:
+            length = headers.get("Content-Length", "")
+            standard = "\n".join(
+                [
+                    "",  # Content-Encoding
+                    "",  # Content-Language
+                    "" if length == "0" else length,
+                    headers.get("Content-MD5", ""),
+                    headers.get("Content-Type", ""),
+                    "",  # Date (x-ms-date is sent)
+                    "",  # If-Modified-Since
+                    headers.get("If-Match", ""),
+                    headers.get("If-None-Match", ""),
+                    "",  # If-Unmodified-Since
+                    "",  # Range
+                    "",
+                ]
+            )
+        to_sign = verb + "\n" + standard + xms + resource
         digest = hmac.new(self.key, to_sign.encode("utf-8"), hashlib.sha256).digest()  # type: ignore[arg-type]
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
 
@@ -103,14 +149,19 @@ class BlobFastPath:
         retry_total: int = 3,
         retry_backoff: float = 1.0,
         api_version: str = API_VERSION,
+        extra_headers: dict[str, str] | None = None,
     ):
         """ValueError when an HTTP proxy applies that cannot be tunnelled through (see
-        http.proxy_for)."""
+        http.proxy_for). `extra_headers`: sent (and signed) with every request (Azure Files'
+        `x-ms-file-request-intent` for a token). `container` is the first path segment: a
+        container, a File share, an ADLS Gen2 filesystem (Get File and ADLS reads are the same
+        ranged GET of `/<root>/<path>`, signed the same way)."""
         parts = urlsplit(account_url)
         self.api_version = api_version
         self.netloc = parts.netloc
         self.base = f"{parts.path.rstrip('/')}/{quote(container, safe='')}"
         self.auth = _Auth(credential)
+        self.extra_headers = dict(extra_headers or {})
         self.http = HttpClient(
             account_url, timeout=timeout, retry_total=retry_total, retry_backoff=retry_backoff
         )
@@ -128,16 +179,21 @@ class BlobFastPath:
         *,
         progress: Callable[[int], None] | None = None,
         abort: Abort | None = None,
+        check: Callable[[Response], None] | None = None,
     ) -> int:
         """Fill `buf` from blob `name` at `offset` (If-Match `etag`); the byte count, fewer
         only at the end of the blob. `progress(n)`: bytes in `buf` so far, as they arrive;
-        `abort`: shuts the connection down from another thread (Aborted, never retried)."""
+        `abort`: shuts the connection down from another thread (Aborted, never retried);
+        `check(response)`: sees a 2xx head before its body is read, and may raise (not
+        retried; the connection is closed)."""
         headers = {"x-ms-range": f"bytes={offset}-{offset + len(buf) - 1}"}
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
 
         def consume(r: Response) -> int:
+            if check is not None:
+                check(r)
             return body_into(r, buf, range_size(r, offset, len(buf)), progress)
 
         return self._call(path, {}, headers, consume, abort=abort)
@@ -150,6 +206,7 @@ class BlobFastPath:
         fd: int,
         fd_offset: int,
         etag: str | None = None,
+        check: Callable[[Response], None] | None = None,
     ) -> int:
         """Like read_into, but each piece is written with pwrite to `fd` at `fd_offset` as it
         arrives (still in the CPU cache), through a small per-thread buffer."""
@@ -157,14 +214,57 @@ class BlobFastPath:
         if etag is not None:
             headers["If-Match"] = etag
         path = f"{self.base}/{quote(name, safe='/~')}"
-        return self._call(
-            path, {}, headers, lambda r: self._body_to_fd(r, offset, length, fd, fd_offset)
-        )
 
-    def read(self, name: str, offset: int, length: int, etag: str | None = None) -> bytes:
+        def consume(r: Response) -> int:
+            if check is not None:
+                check(r)
+            return self._body_to_fd(r, offset, length, fd, fd_offset)
+
+        return self._call(path, {}, headers, consume)
+
+    def read(
+        self,
+        name: str,
+        offset: int,
+        length: int,
+        etag: str | None = None,
+        check: Callable[[Response], None] | None = None,
+    ) -> bytes:
         buf = bytearray(length)
-        n = self.read_into(name, offset, memoryview(buf), etag)
+        n = self.read_into(name, offset, memoryview(buf), etag, check=check)
         return bytes(buf) if n == length else bytes(buf[:n])
+
+    def put(
+        self, name: str, data: bytes | memoryview, md5: bytes, overwrite: bool = True
+    ) -> dict[str, Any]:
+        """`Put Blob` of the whole block blob `name` in one request, its Content-MD5 stored (and
+        checked by the service against the body). Not `overwrite`: If-None-Match: *, which
+        fails with HttpStatusError 409 (or 412) when the blob exists. Returns the SDK's shape:
+        {"etag": '"0x..."', "last_modified": datetime}."""
+        headers = {
+            "Content-Length": str(len(data)),
+            "Content-Type": "application/octet-stream",
+            "x-ms-blob-type": "BlockBlob",
+            "x-ms-blob-content-md5": base64.b64encode(md5).decode(),
+        }
+        if not overwrite:
+            headers["If-None-Match"] = "*"
+        path = f"{self.base}/{quote(name, safe='/~')}"
+
+        def consume(r: Response) -> dict[str, Any]:
+            body_bytes(r)  # nothing, normally: read so that the connection can be reused
+            modified = r.fields.get("last-modified")
+            return {
+                "etag": r.fields.get("etag"),
+                "last_modified": parsedate_to_datetime(modified) if modified else None,
+            }
+
+        return self.http.get(
+            f"PUT {path}",
+            lambda: self._request(path, {}, headers, "PUT"),
+            consume,
+            body=data,
+        )
 
     def list_flat(self, prefix: str, page_size: int = 5000) -> Iterator[ListedBlob]:
         """Every blob whose name starts with `prefix`, in name order, with metadata."""
@@ -207,20 +307,24 @@ class BlobFastPath:
         """GET `path` (see HttpClient.get: retries, abort)."""
         return self.http.get(path, lambda: self._request(path, query, headers), consume, abort)
 
-    def _request(self, path: str, query: dict[str, str], extra: dict[str, str]) -> bytes:
+    def _request(
+        self, path: str, query: dict[str, str], extra: dict[str, str], verb: str = "GET"
+    ) -> bytes:
         sec = int(time.time())
         if self._date[1] != sec:
             self._date = (formatdate(sec, usegmt=True), sec)
-        headers = {"x-ms-date": self._date[0], "x-ms-version": self.api_version, **extra}
+        headers = {"x-ms-date": self._date[0], "x-ms-version": self.api_version}
+        headers.update(self.extra_headers)
+        headers.update(extra)
         q = urlencode(query, quote_via=quote) if query else ""
         if self.auth.key is not None:
-            headers["Authorization"] = self.auth.sign(path, headers, query)
+            headers["Authorization"] = self.auth.sign(path, headers, query, verb)
         elif self.auth.sas:
             q = f"{q}&{self.auth.sas}" if q else self.auth.sas
         elif self.auth.token_credential is not None:
             headers["Authorization"] = f"Bearer {self.auth.bearer()}"
         target = f"{path}?{q}" if q else path
-        lines = [f"GET {target} HTTP/1.1", f"Host: {self.netloc}"]
+        lines = [f"{verb} {target} HTTP/1.1", f"Host: {self.netloc}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 

@@ -48,6 +48,7 @@ from .base import (
     is_safe_name,
     normpath,
 )
+from .leanread import ShareLeanReads, lean_client
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _is_type_mismatch(e: BaseException) -> bool:
     return isinstance(e, HttpResponseError) and error_code(e) == "ResourceTypeMismatch"
 
 
-class FileShareBackend(SdkReads, AzureBackend):
+class FileShareBackend(ShareLeanReads, SdkReads, AzureBackend):
     """One Azure File share. Thread-safe: the SDK clients are, and the state here is immutable
     apart from the set of names already logged as unsafe."""
 
@@ -91,9 +92,11 @@ class FileShareBackend(SdkReads, AzureBackend):
         retry_backoff: float = 1.0,
         connection_timeout: float = 10.0,
         read_timeout: float | None = None,
+        lean: bool = True,
     ) -> FileShareBackend:
         """`retry_total`: retries inside the SDK, `retry_backoff` apart, doubling (None: the
-        SDK's default schedule, see client_options)."""
+        SDK's default schedule, see client_options). `lean=False`: ranged reads through the SDK
+        too (else leanread.py's lean GET, with the same retries)."""
         if not ds.file_share_name:
             raise RegistryError(
                 f"datastore {ds.name!r}: file_share_name is required for azure_file"
@@ -110,10 +113,24 @@ class FileShareBackend(SdkReads, AzureBackend):
         if rc.kind == TOKEN:
             # Azure Files accepts OAuth only for callers that declare a backup intent.
             kwargs["token_intent"] = "backup"
-        service = ShareServiceClient(url, credential=sdk_credential(rc, ds.account_name), **kwargs)
-        return cls(
+        cred = sdk_credential(rc, ds.account_name)
+        service = ShareServiceClient(url, credential=cred, **kwargs)
+        backend = cls(
             service.get_share_client(ds.file_share_name), url=url, credential=rc, session=session
         )
+        if lean:
+            backend._lean = lean_client(
+                url,
+                ds.file_share_name,
+                cred,
+                api_version=backend.share.api_version,
+                timeout=read_timeout or 60.0,
+                retry_total=retry_total,
+                retry_backoff=retry_backoff,
+                extra_headers={"x-ms-file-request-intent": "backup"} if rc.kind == TOKEN else None,
+                description=backend.description,
+            )
+        return backend
 
     def _file_error(self, e: Exception, rel: str) -> BackendError:
         """`_map_error` for a call on the file `rel`: a directory there is IsADirectory."""
@@ -258,6 +275,7 @@ class FileShareBackend(SdkReads, AzureBackend):
             raise self._map_error(e, "") from None
 
     def close(self) -> None:
+        self._close_lean()
         self.share.close()
         if self._session is not None:
             self._session.close()

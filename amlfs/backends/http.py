@@ -22,16 +22,18 @@ import os
 import random
 import re
 import socket
-import ssl
+import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .base import Abort, Aborted
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ def proxy_for(url: str) -> Proxy | None:
     """The proxy that urllib's environment rules (`*_proxy`, `no_proxy`) apply to `url`, or
     None. ValueError for a proxy this client cannot tunnel through (not an http:// proxy)."""
     parts = urlsplit(url)
+    if sys.platform == "linux" and not any(k.lower().endswith("_proxy") for k in os.environ):
+        return None  # urllib would find none (Linux: the environment only), without its import
+    import urllib.request  # ~0.1 s of start-up: http.client, email
+
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme)
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
@@ -245,8 +251,10 @@ class HttpClient:
         request: Callable[[], bytes],
         consume: Callable[[Response], T],
         abort: Abort | None = None,
+        body: bytes | memoryview | None = None,
     ) -> T:
-        """Send `request()` (called again for each retry: a fresh date); `consume` reads a 2xx
+        """Send `request()` (called again for each retry: a fresh date), then `body` if any (a
+        request that may be repeated: a GET, a whole-object PUT); `consume` reads a 2xx
         body. Retries throttling, 5xx, broken connections and protocol errors (jittered
         exponential backoff, `retry_total` times); a pooled connection that the server closed
         while idle is replaced at once, uncounted. A cancelled `abort` ends it with Aborted,
@@ -257,7 +265,7 @@ class HttpClient:
                 abort.check()
             wait = 0.0  # at least what the service asked for (Retry-After)
             try:
-                return self._attempt(request(), consume, abort)
+                return self._attempt(request(), consume, abort, body)
             except HttpStatusError as e:
                 if e.status_code not in RETRY_STATUS or attempt >= self.retry_total:
                     raise
@@ -267,18 +275,24 @@ class HttpClient:
                     continue
                 if attempt >= self.retry_total:
                     raise ConnectionResetError("the connection closed before a response") from None
-            except (OSError, ProtocolError):
-                if attempt >= self.retry_total:
+            except (OSError, ProtocolError) as e:
+                if attempt >= self.retry_total or _unresolvable(e):
                     raise
             delay = max(wait, self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0))
             attempt += 1
-            log.debug("retrying GET %s in %.2f s", what, delay)
+            log.debug("retrying %s in %.2f s", what, delay)
             if abort is not None:
                 abort.sleep(delay)
             else:
                 time.sleep(delay)
 
-    def _attempt(self, request: bytes, consume: Callable[[Response], T], abort: Abort | None) -> T:
+    def _attempt(
+        self,
+        request: bytes,
+        consume: Callable[[Response], T],
+        abort: Abort | None,
+        body: bytes | memoryview | None = None,
+    ) -> T:
         """One request on one connection, which goes back to the pool only when the response
         was read whole, allows it, and no abort touched the socket."""
         conn, reused = self._acquire(abort)
@@ -288,7 +302,7 @@ class HttpClient:
         keep = False
         try:
             try:
-                r = read_head(conn, request)
+                r = read_head(conn, request, body)
             except Stale as e:
                 e.reused = reused
                 raise
@@ -317,6 +331,12 @@ class HttpClient:
                 close_quiet(conn)
 
 
+def _unresolvable(e: BaseException) -> bool:
+    """A host name that does not resolve (not a temporary DNS failure): retrying cannot help,
+    and the caller's own retries already repeat the lookup (one retry layer, not two)."""
+    return isinstance(e, socket.gaierror) and e.errno != socket.EAI_AGAIN
+
+
 def _seconds(retry_after: str | None) -> float:
     """A Retry-After in seconds (0 when absent or not a number; at most a minute)."""
     try:
@@ -328,13 +348,16 @@ def _seconds(retry_after: str | None) -> float:
 # --- heads and bodies ----------------------------------------------------------------------------
 
 
-def read_head(conn: Conn, request: bytes) -> Response:
-    """Send `request` and read the response head (Stale if the server closed at once)."""
+def read_head(conn: Conn, request: bytes, body: bytes | memoryview | None = None) -> Response:
+    """Send `request` (and `body`) and read the response head (Stale if the server closed at
+    once)."""
     sock, head = conn.sock, conn.head
     view = memoryview(head)
     got = 0
     try:
         sock.sendall(request)
+        if body:
+            sock.sendall(body)
         while True:
             n = sock.recv_into(view[got:])
             if n == 0:
@@ -513,6 +536,8 @@ def close_quiet(conn: Conn | None) -> None:
 
 
 def _ssl_context() -> ssl.SSLContext:
+    import ssl
+
     cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if not cafile:
         try:

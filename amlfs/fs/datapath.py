@@ -192,17 +192,19 @@ class DataPath:
         priority: int,
         need: int | None = None,
         size: int | None = None,
+        piece: int = 0,
     ) -> Ensured:
         """The extents covering [start, end) of `path` at `etag`, starting fetches for the holes
-        (split at block boundaries) on behalf of `owner`. A DEMAND range is sized down to what
-        the budget holds, but never below [start, need); a PREFETCH that does not fit is refused
-        (`refused_at`: what was started before it keeps going). `size`: the object's, when
+        (split at block boundaries, or at multiples of `piece` when larger: the read-ahead's
+        GET size, see readahead.request_size) on behalf of `owner`. A DEMAND range is sized down
+        to what the budget holds, but never below [start, need); a PREFETCH that does not fit is
+        refused (`refused_at`: what was started before it keeps going). `size`: the object's, when
         known (the disk tier stores and finds whole blocks by it)."""
         if priority == DEMAND and need is not None and end > need:
             room = max(MIN_DEMAND, min(self.window_cap(), self.budget.available()))
             end = max(need, min(end, start + room))
         out = Ensured([], [])
-        bs = self.config.block_size
+        bs = max(self.config.block_size, piece)
         for item in self.cache.cover(path, etag, start, end):
             if isinstance(item, Extent):
                 if item.fetch is not None:
@@ -284,7 +286,7 @@ class FileReader:
         if self._pinned:
             self._unpin_passed(offset)
         for lo, hi in advice.prefetch:
-            ahead = self._ensure(lo, hi, PREFETCH)
+            ahead = self._ensure(lo, hi, PREFETCH, piece=advice.piece)
             if ahead.refused_at is not None:
                 ra.on_refused(ahead.refused_at)
                 self._pin(ahead.extents)
@@ -304,8 +306,12 @@ class FileReader:
             self._failed.append((offset, end, deadline, err))
             raise
 
-    def _ensure(self, lo: int, hi: int, priority: int, need: int | None = None) -> Ensured:
-        got = self._dp.ensure(self, self.path, self.etag, lo, hi, priority, need, self.size)
+    def _ensure(
+        self, lo: int, hi: int, priority: int, need: int | None = None, piece: int = 0
+    ) -> Ensured:
+        got = self._dp.ensure(
+            self, self.path, self.etag, lo, hi, priority, need, size=self.size, piece=piece
+        )
         # Forget the fetches that are over: a fetch refers to its extent and so to its buffer,
         # which must not outlive the cache's copy unaccounted.
         self._owned = {f for f in self._owned if f.pending}

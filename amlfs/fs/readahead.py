@@ -24,6 +24,11 @@ The policy follows the peers (see /work/shared/design.md, "The read path"):
   random reader), never whole blocks, and nothing is prefetched. A sequential run of
   `RETURN_TO_SEQUENTIAL` bytes turns it sequential again.
 - Files of at most one block are fetched whole on the first read.
+- The size of one prefetch GET grows with the window (`request_size`: a quarter of it, in whole
+  blocks, from one block up to `MAX_REQUEST`), so a sequential reader that the storage cannot
+  keep up with (its window grown by starvation) costs the storage fewer, larger GETs (fewer billed transactions; Azurite spends ~40% less CPU per GiB served in
+  32 MiB ranges than in 8 MiB ones) while about four stay in flight. `Advice.piece` says how
+  large; the data path splits prefetch holes at multiples of it instead of at block boundaries.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ RANDOM_MAX = 1 * MiB
 RANDOM_ALIGN = 64 * KiB
 RETURN_TO_SEQUENTIAL = 4 * MiB
 RUNS_KEPT = 8
+MAX_REQUEST = 64 * MiB  # the largest prefetch GET
 
 Range = tuple[int, int]
 
@@ -56,11 +62,13 @@ class Advice:
     """What to fetch for one read. Ranges are half-open [start, end) inside the file.
 
     `demand` covers the read and is what the reader waits for when its bytes were not ready;
-    `prefetch` ranges each lie within one block, in file order, and are fetched in the background.
+    `prefetch` ranges each lie within one aligned `piece` (a multiple of the block size; 0: one
+    block), in file order, and are fetched in the background, one GET per piece.
     """
 
     demand: Range
     prefetch: list[Range] = field(default_factory=list)
+    piece: int = 0
     random: bool = False
     reset: bool = False  # the read was a seek: read-ahead for the old position is moot
 
@@ -155,7 +163,7 @@ class ReadAhead:
         self.requested = max(self.requested, end)
         # One read is no evidence of a stream: prefetch from the second on.
         prefetch = [] if first_of_stream else self._prefetch()
-        return Advice(demand, prefetch, reset=reset)
+        return Advice(demand, prefetch, reset=reset, piece=self.request_size())
 
     def on_refused(self, start: int) -> None:
         """The budget refused the prefetch range starting at `start` (and so all after it)."""
@@ -171,6 +179,15 @@ class ReadAhead:
         avg = sum(runs) // len(runs) if runs else RANDOM_MIN
         avg = -(-avg // RANDOM_ALIGN) * RANDOM_ALIGN
         return max(RANDOM_MIN, min(RANDOM_MAX, avg))
+
+    def request_size(self) -> int:
+        """The size of one prefetch GET: a quarter of the window in whole blocks, between one
+        block and MAX_REQUEST (0 -- one block, the data path's default -- while the cap is
+        below a block)."""
+        bs = self.block_size
+        if self.cap < bs:
+            return 0
+        return max(bs, min(MAX_REQUEST, self.window // 4) // bs * bs)
 
     def outstanding(self) -> int:
         """Bytes requested ahead of the reader."""
@@ -212,8 +229,9 @@ class ReadAhead:
             return []
         out: list[Range] = []
         start = self.requested
+        piece = self.request_size() or self.block_size
         while start < end:
-            stop = min(end, self._block_end(start))
+            stop = min(end, (start // piece + 1) * piece)
             out.append((start, stop))
             start = stop
         self.requested = end
