@@ -152,6 +152,30 @@ def test_restart_reads_everything_from_disk_with_nothing_fetched(
     assert "disk_hits" in shown.stdout
 
 
+def test_a_long_sequential_read_with_grown_requests_is_stored_and_served_from_disk(
+    mounts, backend, blob_config, cache
+):
+    """The read-ahead's GETs grow past a block (readahead.request_size): such an extent spans
+    several chunks, each stored on its own, and the next daemon serves them all from disk."""
+    name, size = "long/seq", 96 * BLOCK + 5
+    put_files(backend, {name: size})
+    mp = mounts.mount(f"{blob_config.name}:", *dc(cache))
+    with open(mp / name, "rb") as f:
+        got = b"".join(iter(lambda: f.read(256 * 1024), b""))
+    assert got == data(name, size)
+    first = wait_written(mp, chunks_of(size))
+    # fewer GETs than blocks: the requests grew (else this test does not test what it says)
+    assert first["backend.read_range"] < chunks_of(size), first
+    unmount(mounts, mp)
+    assert len(chunk_files(cache)) == chunks_of(size)
+
+    mp = mounts.mount(f"{blob_config.name}:", *dc(cache), name="again")
+    read_all(mp, {name: size})
+    c = counters(mp)
+    assert c.get("bytes_fetched", 0) == 0 and c.get("backend.read_range", 0) == 0, c
+    assert c["disk_bytes_read"] >= size
+
+
 def test_no_disk_cache_keeps_nothing(mounts, backend, blob_config, cache):
     put_files(backend)
     mp = mounts.mount(f"{blob_config.name}:", *dc(cache, "--no-disk-cache"))

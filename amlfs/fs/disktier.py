@@ -132,16 +132,6 @@ class DiskTier:
         """Chunks are keyed by ETag: an object without one is never cached on disk."""
         return etag is not None and time.monotonic() >= self.off_until
 
-    def chunk(self, start: int, end: int, size: int) -> tuple[int, int] | None:
-        """(offset, length) of the chunk holding [start, end) of a file of `size` bytes, or None
-        when the range spans chunks."""
-        bs = self.block_size
-        cstart = start - start % bs
-        clen = min(bs, size - cstart)
-        if end > cstart + clen or clen <= 0:
-            return None
-        return cstart, clen
-
     def _off(self, e: OSError, what: str) -> None:
         self.stats.incr("disk_errors")
         was_on = time.monotonic() >= self.off_until
@@ -156,41 +146,62 @@ class DiskTier:
 
     # --- reads and writes ----------------------------------------------------------------------
 
+    def chunks(self, start: int, end: int, size: int) -> list[tuple[int, int]]:
+        """(offset, length) of every chunk that [start, end) of a file of `size` bytes touches:
+        an extent is one block, or several when the read-ahead's GETs have grown past a block
+        (readahead.request_size)."""
+        bs = self.block_size
+        out = []
+        cstart = start - start % bs
+        while cstart < end and cstart < size:
+            out.append((cstart, min(bs, size - cstart)))
+            cstart += bs
+        return out
+
     async def read(self, path: str, etag: str, size: int, start: int, buf: bytearray) -> bool:
-        """Fill `buf` (bytes [start, start + len(buf)) of the file) from the disk: True on a hit.
-        A miss, a corrupt chunk or a disk error: False (the caller fetches from the network)."""
-        c = self.chunk(start, start + len(buf), size)
-        if c is None:
-            return False
-        cstart, clen = c
+        """Fill `buf` (bytes [start, start + len(buf)) of the file) from the disk: True on a hit
+        (every chunk it touches). A miss, a corrupt chunk or a disk error: False (the caller
+        fetches the whole range from the network)."""
+        end = start + len(buf)
+        view = memoryview(buf)
+        for cstart, clen in self.chunks(start, end, size):
+            lo, hi = max(start, cstart), min(end, cstart + clen)
+            if not await self._read_chunk(
+                path, etag, cstart, clen, lo, view[lo - start : hi - start]
+            ):
+                self.stats.incr("disk_misses")
+                return False
+        self.stats.incr("disk_hits")
+        self.stats.incr("disk_bytes_read", len(buf))
+        return True
+
+    async def _read_chunk(
+        self, path: str, etag: str, cstart: int, clen: int, lo: int, out: memoryview
+    ) -> bool:
+        """Fill `out` with the bytes of chunk (cstart, clen) from file offset `lo`: straight into
+        `out` for the whole chunk, else the chunk into a scratch buffer (it is checked whole)."""
         key = self.sid.key(path, etag, cstart, clen)
-        whole = cstart == start and clen == len(buf)
-        target = buf if whole else bytearray(clen)
+        whole = cstart == lo and clen == len(out)
+        target = out if whole else memoryview(bytearray(clen))
         try:
             hit = self._read_inline(key, cstart, target)
             if hit is None:
                 hit = await trio.to_thread.run_sync(
-                    self.store.read_into, self.sid, key, cstart, memoryview(target),
+                    self.store.read_into, self.sid, key, cstart, target,
                     limiter=self._read_limiter,
                 )  # fmt: skip
         except ChunkError as e:
             self.stats.incr("disk_corrupt")
             log.warning("disk cache: %s: discarded, fetching again", e)
-            hit = False
+            return False
         except OSError as e:
             self._off(e, f"reading a chunk of {path!r}")
-            hit = False
-        if not hit:
-            self.stats.incr("disk_misses")
             return False
-        if not whole:
-            lo = start - cstart
-            buf[:] = memoryview(target)[lo : lo + len(buf)]
-        self.stats.incr("disk_hits")
-        self.stats.incr("disk_bytes_read", len(buf))
-        return True
+        if hit and not whole:
+            out[:] = target[lo - cstart : lo - cstart + len(out)]
+        return bool(hit)
 
-    def _read_inline(self, key: bytes, cstart: int, target: bytearray) -> bool | None:
+    def _read_inline(self, key: bytes, cstart: int, target: memoryview) -> bool | None:
         """The read on the trio thread when it cannot wait for the disk: the chunk's pages are
         all in the page cache (RWF_NOWAIT), as after a recent job; None: read it in a thread.
 
@@ -201,7 +212,7 @@ class DiskTier:
             return None
         t0 = time.perf_counter()
         try:
-            return self.store.read_into(self.sid, key, cstart, memoryview(target), nowait=True)
+            return self.store.read_into(self.sid, key, cstart, target, nowait=True)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -217,14 +228,8 @@ class DiskTier:
         """Storing `n` more bytes would queue at most `max_pending`."""
         return self.pending + n <= self.max_pending
 
-    def writable(self, etag: str | None, start: int, end: int, size: int | None) -> bool:
-        """[start, end) of the file is a whole chunk that the tier would store."""
-        if size is None or not self.usable(etag):
-            return False
-        return self.chunk(start, end, size) == (start, end - start)
-
     async def write(self, path: str, etag: str, start: int, data: bytes | memoryview) -> bool:
-        """Store a whole chunk (see `writable`), in the writer thread; False if it was not."""
+        """Store a whole chunk (see `chunks`), in the writer thread; False if it was not."""
         key = self.sid.key(path, etag, start, len(data))
         if self._writer is None:
             self._writer = _Writer()

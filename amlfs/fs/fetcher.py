@@ -283,10 +283,8 @@ class Fetcher:
             return
         if ext.etag is None or fetch.size is None or not disk.usable(ext.etag):
             return
-        chunk = disk.chunk(ext.start, ext.end, fetch.size)
-        if chunk is None:
-            return
-        await self._store(ext.path, ext.etag, *chunk, defer=True)
+        for cstart, clen in disk.chunks(ext.start, ext.end, fetch.size):
+            await self._store(ext.path, ext.etag, cstart, clen, defer=True)
         while self._deferred and disk.has_room(self._deferred[0][3]):
             await self._store(*self._deferred.popleft(), defer=False)
 
@@ -309,8 +307,14 @@ class Fetcher:
         for e in extents:
             self.cache.pin(e)
         try:
-            # Extents never span blocks: these fill [lo, lo + n) exactly, in order.
-            views = [memoryview(e.data).toreadonly() for e in extents]  # type: ignore[arg-type]
+            # These cover [lo, lo + n) in order; a grown read-ahead GET's extent spans several
+            # chunks, so each gives only its part.
+            views = [
+                memoryview(e.data)[
+                    max(lo, e.start) - e.start : min(lo + n, e.end) - e.start
+                ].toreadonly()  # type: ignore[arg-type]
+                for e in extents
+            ]
             data = views[0] if len(views) == 1 else b"".join(views)
             await disk.write(path, etag, lo, data)
         finally:
