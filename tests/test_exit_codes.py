@@ -159,6 +159,17 @@ CASES: dict[str, list] = {
         (3, lambda e: ["run", "--", "sh", "-c", "exit 3"]),
         (127, lambda e: ["run", "--", "no-such-command-amlfs"]),
     ],
+    "cache warm": [
+        (1, lambda e: ["cache", "warm", "bad:d"]),
+        (2, lambda e: ["cache", "warm", "nope:d"]),
+    ],
+    "cache ls": [(0, lambda e: ["cache", "ls"])],
+    "cache du": [(0, lambda e: ["cache", "du"])],
+    "cache prune": [
+        (0, lambda e: ["cache", "prune", "0"]),
+        (2, lambda e: ["cache", "prune", "lots"]),
+    ],
+    "cache clear": [(0, lambda e: ["cache", "clear"])],
     # serving runs until SIGTERM (tests/test_csi.py); here only the refusal of a bad endpoint
     "csi": [
         (2, lambda e: ["csi", "--endpoint", "tcp://x", "--state-dir", str(e["tmp"] / "csi")]),
