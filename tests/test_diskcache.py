@@ -199,3 +199,26 @@ def test_a_read_that_must_not_wait_serves_a_cached_chunk_and_checks_it(tmp_path)
     with pytest.raises(ChunkError):
         store.read_into(SID, k, 0, memoryview(buf), nowait=True)
     assert store.read_into(SID, k, 0, memoryview(buf), nowait=True) is False
+
+
+def test_the_inline_gate_closes_on_a_run_of_slow_reads_not_on_one():
+    """One inline read slower than INLINE_SLOW (the trio thread preempted on a busy node) keeps
+    reads inline; INLINE_SLOW_RUN in a row (a cold chunk directory) send them to threads for
+    INLINE_PAUSE seconds, after which they are tried inline again."""
+    from amlfs.fs.disktier import INLINE_PAUSE, INLINE_SLOW, INLINE_SLOW_RUN, InlineGate
+
+    slow, fast = INLINE_SLOW * 5, INLINE_SLOW / 10
+    gate = InlineGate()
+    assert gate.open(0.0)
+    for _ in range(5):  # isolated slow reads, each followed by a fast one
+        for _ in range(INLINE_SLOW_RUN - 1):
+            assert gate.record(slow, 1.0) is False
+        assert gate.record(fast, 1.0) is False
+        assert gate.open(1.0)
+    closed = [gate.record(slow, 2.0) for _ in range(INLINE_SLOW_RUN)]
+    assert closed == [False] * (INLINE_SLOW_RUN - 1) + [True]
+    assert not gate.open(2.0) and not gate.open(2.0 + INLINE_PAUSE - 0.01)
+    assert gate.open(2.0 + INLINE_PAUSE)
+    assert gate.record(slow, 20.0) is False  # the run starts again from zero
+    gate.close_for_good()
+    assert not gate.open(1e12)

@@ -146,6 +146,8 @@ def test_restart_reads_everything_from_disk_with_nothing_fetched(
     assert c["disk_hits"] >= n
     assert c["disk_bytes_read"] >= sum(FILES.values())  # (a prefetch given up may be redone)
     assert c.get("disk_corrupt", 0) == 0
+    # every chunk read is counted where it ran: inline on the trio thread, or in a thread
+    assert c.get("disk_reads_inline", 0) + c.get("disk_reads_thread", 0) >= c["disk_hits"]
     shown = mounts.cli("stats", str(mp))
     assert shown.returncode == 0, shown.stderr
     assert f"disk_cache               {cache / LAYOUT}" in shown.stdout

@@ -477,7 +477,11 @@ class Operations(pyfuse3.Operations):
 
     @handler("flush")
     async def flush(self, fh: int) -> None:
-        return None
+        # Nothing to flush on a read-only mount. ENOSYS once: the kernel then treats every later
+        # close as flushed without asking (one FUSE request fewer per open file: measured 2000
+        # of 8000 requests of a data loader's epoch over 2000 files). WritableOperations
+        # overrides this: its flush commits.
+        raise FUSEError(errno.ENOSYS)
 
     @handler("fsync")
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -11,7 +11,8 @@ class Stats:
     Names in use: requests.<op> (FUSE requests by kind), backend.<call> (storage calls),
     bytes_fetched, cache_hits, cache_misses, prefetch_hits, prefetch_bytes, errors.<ERRNO>; the
     disk tier's disk_hits, disk_misses, disk_bytes_read, disk_writes, disk_bytes_written,
-    disk_write_skipped, disk_write_behind, disk_corrupt, disk_errors (disktier.py).
+    disk_write_skipped, disk_write_behind, disk_corrupt, disk_errors, disk_reads_inline,
+    disk_reads_thread, disk_inline_pauses (disktier.py).
     Gauges (resident cache bytes) are set with `set`.
     """
 
