@@ -62,6 +62,29 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(f"{self.files}/{self.total_files} files", refresh=False)
 
+    def listed(self, files: int, nbytes: int) -> None:
+        """The listing that comes before the transfer has found `files` files (`nbytes` bytes)
+        so far: shown on the bar until `set_total` gives the transfer's totals."""
+        with self._lock:
+            if self._bar is not None:
+                now = time.monotonic()
+                first = self._last_postfix == 0.0
+                self._bar.set_postfix_str(f"listed {files} files ({human_bytes(nbytes)})", False)
+                if first or now - self._last_postfix >= self._bar.mininterval:
+                    self._last_postfix = now
+                    self._bar.refresh()
+
+    def set_total(self, files: int, nbytes: int) -> None:
+        """Replace the totals (after the listing: what the transfer will copy)."""
+        with self._lock:
+            self.total_files = files
+            self.total_bytes = nbytes
+            if self._bar is not None:
+                self._bar.total = nbytes
+                self._last_postfix = 0.0
+                self._set_postfix()
+                self._bar.refresh()
+
     def add_total(self, files: int = 0, nbytes: int = 0) -> None:
         with self._lock:
             self.total_files += files

@@ -143,152 +143,160 @@ def _stage(
     root = os.path.abspath(target_dir)
     if os.path.exists(root) and not os.path.isdir(root):
         raise AmlfsError(f"{target_dir} exists and is not a directory")
-    files, base = list_remote(backend, prefix)
-    result = TransferResult()
-    named = [
-        (rel, info)
-        for rel, info in safe_jobs(files, base, root, result)
-        if rel not in (STATE_NAME, JOURNAL_NAME) and path_filter.keeps(rel)
-    ]
-    if not dry_run:
-        os.makedirs(root, exist_ok=True)  # first: where the state goes depends on it
-    state = StageState.load(root)
-    local, stray_parts = _scan(root)
-
-    jobs: list[DownloadJob] = []
-    check: list[tuple[str, DownloadJob]] = []
-    for rel, info in named:
-        dest = os.path.join(root, rel)
-        job = DownloadJob(info, dest, rel)
-        rec, have = state.files.get(rel), local.get(rel)
-        if (
-            rec is not None
-            and have is not None
-            and (rec.etag, rec.size) == (info.etag, info.size)
-            and have == (rec.size, rec.mtime_ns)
-        ):
-            if verify:
-                check.append((rel, job))
-            else:
-                result.skipped += 1
-            continue
-        part = state.parts.get(rel)
-        if (
-            part is not None
-            and (part.etag, part.size, part.block_size)
-            == (info.etag, info.size, chunk_size(info.size, block_size))
-            and part_path(dest)[len(root) + 1 :] in stray_parts
-        ):
-            job.resume_chunks = frozenset(part.chunks)
-        jobs.append(job)
-
-    if check:
-        with ThreadPoolExecutor(max(1, min(workers or 8, 8))) as pool:
-            digests = pool.map(lambda c: _md5_path(c[1].dest), check)
-            for (_, job), digest in zip(check, digests, strict=True):
-                if job.info.content_md5 is None:
-                    result.no_md5 += 1
-                    result.skipped += 1
-                elif digest == job.info.content_md5:
-                    result.verified += 1
-                    result.skipped += 1
-                else:
-                    log.warning("%s does not match its Content-MD5: fetching it again", job.dest)
-                    jobs.append(job)
-
-    remote_names = {rel for rel, _ in named}
-    deletions = (
-        sorted(r for r in local if r not in remote_names and path_filter.keeps(r)) if delete else []
-    )
-
-    if dry_run:
-        for job in jobs:
-            if on_plan:
-                on_plan("copy", job.key)
-        for rel in deletions:
-            if on_plan:
-                on_plan("delete", rel)
-        result.copied = len(jobs)
-        result.bytes = sum(j.info.size for j in jobs)
-        result.deleted = len(deletions)
-        result.seconds = time.monotonic() - start
-        return result
-
-    durable = durable or BOOT_ID is None
-    state.open_journal()
-    compacted = False
+    # The bar is there from the listing's first (small) page on: it counts the files listed,
+    # then the files copied.
+    progress = Progress("stage", should_show(show_progress) and not dry_run)
     try:
-        keep_parts = {part_path(j.dest)[len(root) + 1 :] for j in jobs if j.resume_chunks}
-        for rel in stray_parts:
-            if rel not in keep_parts:
-                unlink_quiet(os.path.join(root, rel))
-        for rel in deletions:
-            try:
-                os.unlink(os.path.join(root, rel))
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                result.failed.append(
-                    (rel, f"cannot delete {os.path.join(root, rel)}: {e.strerror}")
-                )
+        files, base = list_remote(backend, prefix, progress.listed if progress.enabled else None)
+        result = TransferResult()
+        named = [
+            (rel, info)
+            for rel, info in safe_jobs(files, base, root, result)
+            if rel not in (STATE_NAME, JOURNAL_NAME) and path_filter.keeps(rel)
+        ]
+        if not dry_run:
+            os.makedirs(root, exist_ok=True)  # first: where the state goes depends on it
+        state = StageState.load(root)
+        local, stray_parts = _scan(root)
+
+        jobs: list[DownloadJob] = []
+        check: list[tuple[str, DownloadJob]] = []
+        for rel, info in named:
+            dest = os.path.join(root, rel)
+            job = DownloadJob(info, dest, rel)
+            rec, have = state.files.get(rel), local.get(rel)
+            if (
+                rec is not None
+                and have is not None
+                and (rec.etag, rec.size) == (info.etag, info.size)
+                and have == (rec.size, rec.mtime_ns)
+            ):
+                if verify:
+                    check.append((rel, job))
+                else:
+                    result.skipped += 1
                 continue
-            result.deleted += 1
-            _remove_empty_parents(root, rel)
-        state.make_durable()
-        state.append([{"d": rel} for rel in deletions], durable)
+            part = state.parts.get(rel)
+            if (
+                part is not None
+                and (part.etag, part.size, part.block_size)
+                == (info.etag, info.size, chunk_size(info.size, block_size))
+                and part_path(dest)[len(root) + 1 :] in stray_parts
+            ):
+                job.resume_chunks = frozenset(part.chunks)
+            jobs.append(job)
 
-        def on_commit(done: list[Committed], chunks: list[tuple[DownloadJob, list[int]]]) -> None:
-            recs: list[dict] = [
-                {
-                    "c": j.key,
-                    "e": j.info.etag,
-                    "s": j.info.size,
-                    "b": chunk_size(j.info.size, block_size),
-                    "k": idx,
-                }
-                for j, idx in chunks
-            ]
-            recs += [
-                {"f": c.job.key, "e": c.job.info.etag, "s": c.size, "m": c.mtime_ns} for c in done
-            ]
-            state.append(recs, durable)
+        if check:
+            with ThreadPoolExecutor(max(1, min(workers or 8, 8))) as pool:
+                digests = pool.map(lambda c: _md5_path(c[1].dest), check)
+                for (_, job), digest in zip(check, digests, strict=True):
+                    if job.info.content_md5 is None:
+                        result.no_md5 += 1
+                        result.skipped += 1
+                    elif digest == job.info.content_md5:
+                        result.verified += 1
+                        result.skipped += 1
+                    else:
+                        log.warning(
+                            "%s does not match its Content-MD5: fetching it again", job.dest
+                        )
+                        jobs.append(job)
 
-        progress = Progress(
-            "stage",
-            should_show(show_progress),
-            total_files=len(jobs),
-            total_bytes=sum(j.info.size for j in jobs),
+        remote_names = {rel for rel, _ in named}
+        deletions = (
+            sorted(r for r in local if r not in remote_names and path_filter.keeps(r))
+            if delete
+            else []
         )
-        engine = Downloader(
-            backend,
-            root,
-            workers=workers,
-            block_size=block_size,
-            progress=progress,
-            verify=verify,
-            keep_parts=True,
-            durable=durable,
-            on_commit=on_commit,
-        )
-        stopped: TransferStopped | None = None
+
+        if dry_run:
+            for job in jobs:
+                if on_plan:
+                    on_plan("copy", job.key)
+            for rel in deletions:
+                if on_plan:
+                    on_plan("delete", rel)
+            result.copied = len(jobs)
+            result.bytes = sum(j.info.size for j in jobs)
+            result.deleted = len(deletions)
+            result.seconds = time.monotonic() - start
+            return result
+
+        durable = durable or BOOT_ID is None
+        state.open_journal()
+        compacted = False
         try:
-            r = engine.run(jobs)
-        except TransferStopped as e:
-            stopped, r = e, e.result
+            keep_parts = {part_path(j.dest)[len(root) + 1 :] for j in jobs if j.resume_chunks}
+            for rel in stray_parts:
+                if rel not in keep_parts:
+                    unlink_quiet(os.path.join(root, rel))
+            for rel in deletions:
+                try:
+                    os.unlink(os.path.join(root, rel))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    result.failed.append(
+                        (rel, f"cannot delete {os.path.join(root, rel)}: {e.strerror}")
+                    )
+                    continue
+                result.deleted += 1
+                _remove_empty_parents(root, rel)
+            state.make_durable()
+            state.append([{"d": rel} for rel in deletions], durable)
+
+            def on_commit(
+                done: list[Committed], chunks: list[tuple[DownloadJob, list[int]]]
+            ) -> None:
+                recs: list[dict] = [
+                    {
+                        "c": j.key,
+                        "e": j.info.etag,
+                        "s": j.info.size,
+                        "b": chunk_size(j.info.size, block_size),
+                        "k": idx,
+                    }
+                    for j, idx in chunks
+                ]
+                recs += [
+                    {"f": c.job.key, "e": c.job.info.etag, "s": c.size, "m": c.mtime_ns}
+                    for c in done
+                ]
+                state.append(recs, durable)
+
+            progress.set_total(len(jobs), sum(j.info.size for j in jobs))
+            engine = Downloader(
+                backend,
+                root,
+                workers=workers,
+                block_size=block_size,
+                progress=progress,
+                verify=verify,
+                keep_parts=True,
+                durable=durable,
+                on_commit=on_commit,
+            )
+            stopped: TransferStopped | None = None
+            try:
+                r = engine.run(jobs)
+            except TransferStopped as e:
+                stopped, r = e, e.result
+            finally:
+                progress.close()
+                state.compact(remote_names)
+                compacted = True
         finally:
-            progress.close()
-            state.compact(remote_names)
-            compacted = True
+            state.close(remove_journal=compacted)
+        result.copied = r.copied
+        result.bytes = r.bytes
+        result.failed += r.failed
+        result.verified += r.verified
+        result.no_md5 += r.no_md5
+        result.unsafe += r.unsafe
+        result.seconds = time.monotonic() - start
+        if stopped is not None:
+            stopped.result = result
+            raise stopped
+        return result
     finally:
-        state.close(remove_journal=compacted)
-    result.copied = r.copied
-    result.bytes = r.bytes
-    result.failed += r.failed
-    result.verified += r.verified
-    result.no_md5 += r.no_md5
-    result.unsafe += r.unsafe
-    result.seconds = time.monotonic() - start
-    if stopped is not None:
-        stopped.result = result
-        raise stopped
-    return result
+        progress.close()  # closed once: a second close does nothing

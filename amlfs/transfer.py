@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .backends.base import (
@@ -48,18 +48,49 @@ __all__ = [
 # --- planning ------------------------------------------------------------------------------
 
 
-def list_remote(backend: Backend, prefix: str | None) -> tuple[list[ObjectInfo], str]:
+#: seconds between two `on_listed` reports while a listing runs
+LISTED_EVERY = 0.1
+
+
+def _counted(
+    files: Iterator[ObjectInfo], on_listed: Callable[[int, int], None]
+) -> list[ObjectInfo]:
+    """`list(files)`, calling `on_listed(files so far, their bytes)` at the first entry, then at
+    most every LISTED_EVERY seconds, and once at the end."""
+    out: list[ObjectInfo] = []
+    nbytes = 0
+    due = 0.0
+    for info in files:
+        out.append(info)
+        nbytes += info.size
+        if (now := time.monotonic()) >= due:
+            due = now + LISTED_EVERY
+            on_listed(len(out), nbytes)
+    on_listed(len(out), nbytes)
+    return out
+
+
+def list_remote(
+    backend: Backend, prefix: str | None, on_listed: Callable[[int, int], None] | None = None
+) -> tuple[list[ObjectInfo], str]:
     """Every file under the path `prefix`, and the base its relative names start from.
 
     `prefix` is a path, not a raw string prefix: a directory (everything below it) or a single
     file (base = its parent). The root ('' or None) is always a directory. NotFound when the
-    path is neither.
+    path is neither. `on_listed(files, bytes)`: the running count of files listed so far (from
+    the walk's first, small page on; a listing started again counts from 0 again).
     """
     p = normpath(prefix)
+
+    def walk() -> list[ObjectInfo]:
+        if on_listed is None:
+            return list(backend.walk(p))
+        return _counted(backend.walk(p), on_listed)
+
     try:
         # A listing broken off by a transient failure is started again (a few times): one
         # failed page must not fail a transfer of thousands of files.
-        files = retry(lambda: list(backend.walk(p)), attempts=3)
+        files = retry(walk, attempts=3)
     except (NotFound, NotADirectory) as e:
         if not p or e.same_for_all:  # the root, or the container itself, is missing
             raise
@@ -130,7 +161,40 @@ def download(
     """
     start = time.monotonic()
     target_dir = os.path.abspath(target_dir)
-    files, base = list_remote(backend, prefix)
+    # The bar counts the files listed from the listing's first (small) page on, then the copy.
+    progress = Progress("download", should_show(show_progress))
+    try:
+        return _download(
+            backend,
+            prefix,
+            target_dir,
+            progress,
+            start,
+            keep_prefix,
+            overwrite,
+            workers,
+            block_size,
+            durable,
+            path_filter,
+        )
+    finally:
+        progress.close()  # closed once: a second close does nothing
+
+
+def _download(
+    backend: Backend,
+    prefix: str | None,
+    target_dir: str,
+    progress: Progress,
+    start: float,
+    keep_prefix: bool,
+    overwrite: bool,
+    workers: int | None,
+    block_size: int | None,
+    durable: bool,
+    path_filter: PathFilter,
+) -> TransferResult:
+    files, base = list_remote(backend, prefix, progress.listed if progress.enabled else None)
     files = path_filter.select(files, lambda f: relative_name(f.path, base))
     result = TransferResult()
     named = safe_jobs(files, "" if keep_prefix else base, target_dir, result)
@@ -141,12 +205,7 @@ def download(
             result.skipped += 1
             continue
         jobs.append(DownloadJob(info, dest, rel))
-    progress = Progress(
-        "download",
-        should_show(show_progress),
-        total_files=len(jobs),
-        total_bytes=sum(j.info.size for j in jobs),
-    )
+    progress.set_total(len(jobs), sum(j.info.size for j in jobs))
     dl = Downloader(
         backend,
         target_dir,

@@ -14,8 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from amlfs.backends import base as base_mod
+from amlfs.backends import blob as blob_mod
 from amlfs.backends import open_backend
 from amlfs.backends.base import Backend, NotFound
+from amlfs.backends.blob import BlobBackend
+from amlfs.backends.blobget import BlobFastPath
+from amlfs.backends.local import LocalBackend
+from amlfs.progress import Progress
 from amlfs.stage import stage
 from amlfs.stagestate import state_paths
 
@@ -272,3 +278,51 @@ def test_claims_without_fsync_are_dropped_after_a_restart(local_config, tmp_path
     r = stage(backend, "", out)
     assert (r.copied, r.skipped) == ((0, 2) if durable else (2, 0))
     assert tree(out) == {"a": b"1", "b": b"2"}
+
+
+def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch, capsys):
+    """The listing's first request asks for a small page (then full pages), and stage's progress
+    shows files listed as soon as that first page is in: counted in requests, not timed."""
+    files = {f"many/f{i:03d}": b"x" * i for i in range(40)}
+    put_tree(store, files)
+    blob = isinstance(store, BlobBackend)
+    if blob:
+        owner: type = BlobFastPath
+        monkeypatch.setattr(blob_mod, "FIRST_PAGE", 4)
+        store.page_size = 10
+    else:
+        owner = LocalBackend
+        monkeypatch.setattr(base_mod, "FIRST_PAGE", 4)
+        monkeypatch.setattr(LocalBackend, "page_size", 10)
+    sizes: list[int | None] = []
+    real_page = owner.list_page
+
+    def counted(self, *args):
+        sizes.append(args[2])  # walk passes (path or prefix, token or marker, page size)
+        return real_page(self, *args)
+
+    monkeypatch.setattr(owner, "list_page", counted)
+    reports: list[tuple[int, int, list]] = []
+    real_listed = Progress.listed
+
+    def listed(self, n: int, nbytes: int) -> None:
+        reports.append((n, nbytes, list(sizes)))
+        real_listed(self, n, nbytes)
+
+    monkeypatch.setattr(Progress, "listed", listed)
+    r = stage(store, "many", tmp_path / "out", show_progress=True)
+    assert r.copied == 40 and r.failed == []
+    n, _, requests = reports[0]
+    assert requests == [4] and 1 <= n <= 4  # the first report: after one small page
+    assert reports[-1][:2] == (40, sum(map(len, files.values())))
+    # 4 + 10 + 10 + 10 + 6: full pages after the first.
+    assert sizes == ([4, 10, 10, 10, 10] if blob else [4, None, None, None, None])
+    assert "listed 1 files" in capsys.readouterr().err
+
+
+def test_no_progress_no_listing_reports(store, tmp_path, monkeypatch):
+    put_tree(store, {"d/a": b"a", "d/b": b"bb"})
+    calls: list[int] = []
+    monkeypatch.setattr(Progress, "listed", lambda self, n, b: calls.append(n))
+    r = stage(store, "d", tmp_path / "out", show_progress=False)
+    assert r.copied == 2 and calls == []

@@ -285,3 +285,30 @@ def test_chunk_size_grows_for_large_files_unless_given():
     assert chunk_size(300 * mib) == 19 * mib  # about 16 ranges, in whole MiB
     assert chunk_size(1 << 30) == chunk_size(1 << 40) == 64 * mib
     assert chunk_size(1 << 30, 4 * mib) == 4 * mib
+
+
+def test_download_progress_counts_files_listed_from_the_first_page(
+    local_config, tmp_path, monkeypatch
+):
+    """download's bar reports files listed after the walk's first, small page (one request)."""
+    from amlfs.backends import base as base_mod
+    from amlfs.progress import Progress
+
+    backend = LocalBackend(local_config.path)
+    put_tree(backend, {f"d/f{i:02d}": b"y" * i for i in range(12)})
+    monkeypatch.setattr(base_mod, "FIRST_PAGE", 3)
+    monkeypatch.setattr(LocalBackend, "page_size", 5)
+    sizes: list[int | None] = []
+    real_page = LocalBackend.list_page
+
+    def counted(self, path, token=None, page_size=None):
+        sizes.append(page_size)
+        return real_page(self, path, token, page_size)
+
+    reports: list[tuple[int, list]] = []
+    monkeypatch.setattr(LocalBackend, "list_page", counted)
+    monkeypatch.setattr(Progress, "listed", lambda self, n, b: reports.append((n, list(sizes))))
+    r = download(backend, tmp_path / "out", "d", keep_prefix=False, show_progress=True)
+    assert r.copied == 12
+    assert reports[0] == (1, [3]) and reports[-1][0] == 12
+    assert sizes == [3, None, None]  # 3 entries, then full pages of 5: 5 + 4

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: entries of the first page of a listing that someone waits on (the mount's directory reads,
+#: walk): the first entries arrive after a small response; later pages are full (the service's
+#: largest, 5000 for Blob).
+FIRST_PAGE = 500
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
@@ -424,14 +429,17 @@ class Backend(ABC):
         """Every file (not directory) below `path`, recursively, in no promised order.
 
         The default walks `list_page` level by level; flat namespaces override it with a single
-        flat listing.
+        flat listing. The walk's first request asks for a small page (FIRST_PAGE entries), so
+        that its first entries come sooner; the rest are full pages.
         """
         stack = [path]
+        first: int | None = FIRST_PAGE
         while stack:
             d = stack.pop()
             token: str | None = None
             while True:
-                entries, token = self.list_page(d, token)
+                entries, token = self.list_page(d, token, first)
+                first = None
                 for e in entries:
                     if e.is_dir:
                         stack.append(e.path)

@@ -42,6 +42,7 @@ from .azure import (
     unresolved_message,
 )
 from .base import (
+    FIRST_PAGE,
     Abort,
     Aborted,
     AlreadyExists,
@@ -400,7 +401,7 @@ class BlobBackend(AzureBackend):
         rel = normpath(path)
         prefix = f"{rel}/" if rel else ""
         blobs = (
-            self._fast.list_flat(prefix, self.page_size)
+            self._fast.list_flat(prefix, self.page_size, FIRST_PAGE)
             if self._fast is not None
             else self._cc.list_blobs(
                 name_starts_with=prefix or None,

@@ -266,11 +266,16 @@ class BlobFastPath:
             body=data,
         )
 
-    def list_flat(self, prefix: str, page_size: int = 5000) -> Iterator[ListedBlob]:
-        """Every blob whose name starts with `prefix`, in name order, with metadata."""
+    def list_flat(
+        self, prefix: str, page_size: int = 5000, first_page: int | None = None
+    ) -> Iterator[ListedBlob]:
+        """Every blob whose name starts with `prefix`, in name order, with metadata. The first
+        request asks for `first_page` entries (when given), the others for `page_size`."""
         marker = ""
+        size = min(first_page, page_size) if first_page else page_size
         while True:
-            items, marker = self.list_page(prefix, marker, page_size)
+            items, marker = self.list_page(prefix, marker, size)
+            size = page_size
             yield from items  # type: ignore[misc]  # no delimiter: blobs only
             if not marker:
                 return
