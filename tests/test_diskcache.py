@@ -42,6 +42,21 @@ def test_round_trip_and_a_miss(tmp_path):
     assert store.chunk_path(SID, k) != store.chunk_path(OTHER, OTHER.key("a/b", '"e1"', 4096, 1000))
 
 
+def test_chunks_and_store_files_are_private_to_the_mounts_user(tmp_path):
+    """The mount is its user's alone (no allow_other): so is what it keeps on disk."""
+    old = os.umask(0o022)
+    try:
+        store = ChunkStore(str(tmp_path), 1 << 30, floor=0)
+        k = put(store, "a/b", b"secret data")
+        store.describe_store(SID, "ds")
+    finally:
+        os.umask(old)
+    chunk = store.chunk_path(SID, k)
+    assert os.stat(chunk).st_mode & 0o777 == 0o600
+    meta = os.path.join(os.path.dirname(os.path.dirname(chunk)), diskcache.STORE_FILE)
+    assert os.stat(meta).st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("damage", ["flip_data", "flip_key", "truncate", "append", "empty"])
 def test_a_damaged_chunk_is_unlinked_and_never_served(tmp_path, damage):
     store = ChunkStore(str(tmp_path), 1 << 30, floor=0)

@@ -111,6 +111,11 @@ class Usage:
     bytes: int = 0
 
 
+#: chunks hold the datastore's data: readable by the mount's user only, as the mount itself is
+#: (without allow_other); daemons of one user share them
+CHUNK_MODE = 0o600
+
+
 class ChunkStore:
     """One cache directory's chunks, for one process."""
 
@@ -146,7 +151,8 @@ class ChunkStore:
         doc = {"kind": store.kind, "endpoint": store.endpoint,
                "container": store.container, "datastore": datastore}  # fmt: skip
         tmp = f"{target}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CHUNK_MODE)
+        with open(fd, "w") as f:
             json.dump(doc, f)
         os.rename(tmp, target)
 
@@ -231,10 +237,10 @@ class ChunkStore:
         d = os.path.dirname(path)
         tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CHUNK_MODE)
         except FileNotFoundError:
             os.makedirs(d, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CHUNK_MODE)
         try:
             try:
                 parts = [memoryview(data), memoryview(trailer)]
