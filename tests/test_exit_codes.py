@@ -169,7 +169,10 @@ CASES: dict[str, list] = {
         (0, lambda e: ["cache", "prune", "0"]),
         (2, lambda e: ["cache", "prune", "lots"]),
     ],
-    "cache clear": [(0, lambda e: ["cache", "clear"])],
+    "cache clear": [
+        (0, lambda e: ["cache", "clear"]),
+        (2, lambda e: ["cache", "clear", "--cache-dir", e["reg"]]),  # a file, not a directory
+    ],
     # serving runs until SIGTERM (tests/test_csi.py); here only the refusal of a bad endpoint
     "csi": [
         (2, lambda e: ["csi", "--endpoint", "tcp://x", "--state-dir", str(e["tmp"] / "csi")]),

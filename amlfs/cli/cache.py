@@ -15,7 +15,10 @@ def _dir(cache_dir: str | None) -> str:
 
     from ..fs.diskcache import default_cache_dir
 
-    return os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+    path = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"bad --cache-dir {path}: not a directory")
+    return path
 
 
 cache_dir_option = click.option(
