@@ -15,15 +15,14 @@ import time
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 from azure.storage.filedatalake import ContentSettings
 
 from .adls import AdlsBackend
-from .azure import error_code, temp_name, timestamp
+from .azure import temp_name, timestamp
 from .base import (
     AlreadyExists,
     Changed,
-    NotEmpty,
     ObjectInfo,
     Upload,
     Writer,
@@ -136,15 +135,8 @@ class AdlsWriter(Writer):
     def rmdir(self, path: str) -> None:
         rel = file_path_checked(path)
         # A path delete without recursive=true: the service refuses a non-empty directory.
-        fc = self.fs.get_file_client(rel)
-        try:
-            fc.delete_file()
-        except HttpResponseError as e:
-            if error_code(e) == "DirectoryNotEmpty":
-                raise NotEmpty(f"directory not empty: {rel!r}", rel) from None
-            raise self.backend._map_error(e, rel) from None
-        except AzureError as e:
-            raise self.backend._map_error(e, rel) from None
+        # (409 DirectoryNotEmpty is NotEmpty: azure.classify)
+        self.call(rel, self.fs.get_file_client(rel).delete_file)
 
     def unlink(self, path: str) -> None:
         self.backend.delete(file_path_checked(path))

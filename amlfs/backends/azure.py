@@ -32,6 +32,7 @@ from .base import (
     InvalidName,
     IsADirectory,
     NotADirectory,
+    NotEmpty,
     NotFound,
     Throttled,
     Transient,
@@ -172,6 +173,7 @@ class Kind(enum.Enum):
     NO_TOKEN = enum.auto()  # the credential could not produce a token (no request was sent)
     TYPE_MISMATCH = enum.auto()  # a file where a directory was expected, or the reverse
     EXISTS = enum.auto()
+    NOT_EMPTY = enum.auto()  # 409 DirectoryNotEmpty: a directory delete refused
     BAD_NAME = enum.auto()  # a name the service refuses
     THROTTLED = enum.auto()  # 503 ServerBusy, 429: slow down (Retry-After)
     FAILED = enum.auto()  # timed out, any other 5xx
@@ -194,6 +196,7 @@ ERRORS: dict[Kind, type[BackendError]] = {
     Kind.NO_TOKEN: Forbidden,
     Kind.TYPE_MISMATCH: NotADirectory,
     Kind.EXISTS: AlreadyExists,
+    Kind.NOT_EMPTY: NotEmpty,
     Kind.BAD_NAME: InvalidName,
     Kind.THROTTLED: Throttled,
     Kind.FAILED: Transient,
@@ -261,6 +264,8 @@ def classify(
         return Kind.DENIED if status in (401, 403) else Kind.NO_TOKEN
     if code == "ResourceTypeMismatch":
         return Kind.TYPE_MISMATCH
+    if code == "DirectoryNotEmpty":
+        return Kind.NOT_EMPTY
     if exists_codes is None:
         exists = isinstance(exc, ResourceExistsError) or status == 409
     else:
@@ -422,6 +427,7 @@ class AzureBackend(Backend):
             Kind.NO_TOKEN: denied,
             Kind.TYPE_MISMATCH: f"{f.where} is not the kind of entry expected (file vs directory)",
             Kind.EXISTS: f"{f.where} already exists ({f.code})",
+            Kind.NOT_EMPTY: f"directory not empty: {f.where}",
             Kind.BAD_NAME: f"{f.where}: {self.service} does not allow this name",
             Kind.UNSUPPORTED: f"{self.description} refuses the request (HTTP {f.what}:"
             " most often an API version it does not support)",

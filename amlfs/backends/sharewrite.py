@@ -18,13 +18,12 @@ import threading
 import time
 from typing import Any
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 
-from .azure import error_code, temp_name
+from .azure import temp_name
 from .base import (
     AlreadyExists,
     Changed,
-    NotEmpty,
     NotFound,
     ObjectInfo,
     Upload,
@@ -159,14 +158,8 @@ class ShareWriter(Writer):
 
     def rmdir(self, path: str) -> None:
         rel = file_path_checked(path)
-        try:
-            self.share.get_directory_client(rel).delete_directory()
-        except HttpResponseError as e:
-            if error_code(e) == "DirectoryNotEmpty":
-                raise NotEmpty(f"directory not empty: {rel!r}", rel) from None
-            raise self.backend._map_error(e, rel) from None
-        except AzureError as e:
-            raise self.backend._map_error(e, rel) from None
+        # (409 DirectoryNotEmpty is NotEmpty: azure.classify)
+        self.backend._call(rel, self.share.get_directory_client(rel).delete_directory)
 
     def unlink(self, path: str) -> None:
         self.backend.delete(file_path_checked(path))
