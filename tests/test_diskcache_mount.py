@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from amlfs.backends import open_backend
 from amlfs.fs import control
 from amlfs.fs.diskcache import LAYOUT, ChunkStore
 
+from .faults.mounts import eio_filesystem
 from .test_mount import BLOCK, FUSE_OK, Mounts, _wait_gone, data
 
 pytestmark = [
@@ -377,21 +377,8 @@ def eio_dir(tmp_path):
     """A filesystem whose every write fails with EIO (tests/faults/eiofs.py)."""
     p = tmp_path / "eio"
     p.mkdir()
-    repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.eiofs", str(p)], cwd=repo)
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(p):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("the EIO filesystem did not mount")
-        time.sleep(0.05)
-    yield p
-    subprocess.run(["fusermount3", "-u", "-z", str(p)], capture_output=True)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with eio_filesystem(p):
+        yield p
 
 
 def test_eio_on_every_cache_write_turns_the_tier_off_and_the_mount_serves(

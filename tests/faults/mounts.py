@@ -11,8 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from amlfs.fs import control
 
@@ -126,3 +130,26 @@ def settles_to(pid: int, base: dict[str, int], margin: dict[str, int], timeout: 
         if all(now[k] <= base[k] + margin[k] for k in margin) or time.monotonic() > deadline:
             return now
         time.sleep(0.2)
+
+
+@contextmanager
+def eio_filesystem(path: Path) -> Iterator[Path]:
+    """`path` (an empty directory) mounted as a filesystem whose every write fails with EIO
+    (tests/faults/eiofs.py) for the body of the `with`; the test is skipped if it cannot mount."""
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.eiofs", str(path)], cwd=repo)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip("the EIO filesystem did not mount")
+        time.sleep(0.05)
+    try:
+        yield path
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import Cli, real_files
+from .mounts import eio_filesystem
 
 FLAGS = ("--block-size", "256K", "--workers", "8", "--no-progress")
 BOUND = 30.0  # no retries: a local error ends its file at once
@@ -56,21 +55,8 @@ def readonly_target(tmp_path, mounts_to_undo) -> Path:
 def eio_target(tmp_path):
     p = tmp_path / "eio"
     p.mkdir()
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.eiofs", str(p)], cwd=repo)
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(p):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("the EIO filesystem did not mount")
-        time.sleep(0.05)
-    yield p
-    subprocess.run(["fusermount3", "-u", "-z", str(p)], capture_output=True)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with eio_filesystem(p):
+        yield p
 
 
 def _one_error(stderr: str) -> str:
