@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .backends.base import Backend, ObjectInfo, normpath
 from .backends.pinned import PinnedBackend
 from .errors import AmlfsError, UsageError
@@ -141,17 +141,7 @@ class Manifest:
         """Write atomically (a reader never sees half a manifest)."""
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, self.to_json().encode("utf-8"), durable=False)
 
 
 # --- recording -----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_atomic
 from .errors import AmlfsError, RegistryError, UsageError
 from .schema import (
     ADLS,
@@ -243,18 +243,7 @@ class Registry:
             if not target.parent.exists():
                 target.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
                 os.chmod(target.parent, 0o700)  # mkdir's mode is filtered by the umask
-            # mkstemp creates the file 0600, so the secrets are never readable by others.
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, text.encode("utf-8"))  # 0600: the secrets are never readable
             dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dirfd)

@@ -18,9 +18,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,5 @@ class StateDir:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `path` atomically at mode 0600 (mkstemp creates it so: never readable by others)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write `path` atomically at mode 0600, on disk before it appears."""
+    write_atomic(path, data)
