@@ -1,5 +1,5 @@
 """Which backends can be written through a mount, and their Writer (the write side lives beside
-each backend: blobwrite.py, localwrite.py)."""
+each backend: blobwrite.py, adlswrite.py, sharewrite.py, localwrite.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,6 @@ def writer_for(backend: Backend) -> Writer:
 
         return LocalWriter(backend)
     raise Unsupported(
-        f"{backend.description} cannot be mounted writable (yet): use --rw with Blob,"
-        " ADLS Gen2 or local datastores"
+        f"{backend.description} cannot be mounted writable: --rw works with Blob, ADLS Gen2,"
+        " File share and local datastores"
     )
