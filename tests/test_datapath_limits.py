@@ -69,7 +69,7 @@ def test_a_slow_link_still_makes_progress_the_bound_is_per_request():
         r = dp.open("f", backend.info("f"))
         t0 = trio.current_time()
         first = await r.read(0, 4096)
-        assert trio.current_time() - t0 < 0.5  # the first bytes, not the whole block
+        assert trio.current_time() - t0 < 1.0  # the first bytes, not the whole block (~2.5 s)
         assert first == data[:4096]
         assert await read_all(r, 32 * KiB) == data
         r.close()
@@ -79,7 +79,9 @@ def test_a_slow_link_still_makes_progress_the_bound_is_per_request():
 
 def test_a_cancelled_fetch_stops_its_download_and_frees_its_memory_only_then():
     data = pattern(8 * MiB)
-    backend = StreamingBackend({"f": data}, rate=4 * MiB)
+    # 1 MiB/s: a 1 MiB block takes a second, so no fetch can finish between the moment three
+    # are seen running and the close, however loaded the machine (at 4 MiB/s one sometimes did).
+    backend = StreamingBackend({"f": data}, rate=1 * MiB)
     config = DataPathConfig(block_size=1 * MiB, cache_bytes=64 * MiB, initial_window=64 * KiB)
 
     async def body(dp):
@@ -108,7 +110,7 @@ def test_the_kernels_retry_of_a_timed_out_read_fails_at_once():
     retry must not wait a second full timeout."""
     backend = ModelBackend({"f": pattern(256 * KiB)})
     backend.hang.set()
-    config = DataPathConfig(block_size=64 * KiB, read_timeout=0.5)
+    config = DataPathConfig(block_size=64 * KiB, read_timeout=1.0)
 
     async def body(dp):
         r = dp.open("f", backend.info("f"))
@@ -126,7 +128,7 @@ def test_the_kernels_retry_of_a_timed_out_read_fails_at_once():
         elapsed = run_with_datapath(backend, config, body)
     finally:
         backend.release.set()
-    assert 0.45 <= elapsed < 0.9, elapsed  # one timeout, not two
+    assert 0.95 <= elapsed < 1.9, elapsed  # one timeout, not two (a loaded machine adds some)
 
 
 def test_many_readers_share_a_small_cache_without_refetching():
