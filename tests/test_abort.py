@@ -97,7 +97,9 @@ def test_cancelled_call_stops_its_thread(stall):
                 assert tb.limiter.borrowed_tokens == 1
                 t0 = time.monotonic()
                 nursery.cancel_scope.cancel()
-            assert time.monotonic() - t0 < 3  # the caller did not wait for the thread (stalled 10 s)
+            assert (
+                time.monotonic() - t0 < 3
+            )  # the caller did not wait for the thread (stalled 10 s)
             assert abort.cancelled
             with trio.fail_after(2):
                 await exited.wait()

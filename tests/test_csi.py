@@ -367,6 +367,15 @@ def test_bad_requests_are_invalid_argument(plugin, azurite, blob_files, tmp_path
     no_container = {k: v for k, v in ctx.items() if k != "container_name"}
     assert "container_name" in expect_error(invalid, pub, volume_context=no_container)
     assert "cache_size" in expect_error(invalid, pub, volume_context={**ctx, "cache_size": "lots"})
+    assert "disk_cache_size" in expect_error(
+        invalid, pub, volume_context={**ctx, "disk_cache_size": "lots"}
+    )
+    assert "'disk_cache'" in expect_error(
+        invalid, pub, volume_context={**ctx, "disk_cache": "maybe"}
+    )
+    assert "preload" in expect_error(
+        invalid, pub, volume_context={**ctx, "disk_cache": "false", "preload": "true"}
+    )
     assert "mount option" in expect_error(
         invalid, pub, volume_capability=capability(flags=["cache_size=1G,bogus"])
     )
@@ -384,6 +393,22 @@ def test_bad_requests_are_invalid_argument(plugin, azurite, blob_files, tmp_path
         invalid, plugin.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id="v")
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_disk_cache_attributes(plugin, azurite, blob_files, tmp_path):
+    """disk_cache_size caps the node's disk cache for this volume; disk_cache=false turns it off."""
+    ctx = inline_context(azurite, blob_files)
+    sized, off = tmp_path / "sized", tmp_path / "off"
+    key = {"account_key": KEY}
+    publish(plugin, sized, {**ctx, "disk_cache_size": "64Mi"}, secrets=key, volume_id="v-sized")
+    publish(plugin, off, {**ctx, "disk_cache": "false"}, secrets=key, volume_id="v-off")
+    try:
+        assert control.read_facts(str(sized))["disk"]["capacity"] == 64 << 20
+        assert control.read_facts(str(off))["disk"] is None
+        assert (sized / "top.txt").read_bytes() == (off / "top.txt").read_bytes() == b"top\n"
+    finally:
+        unpublish(plugin, sized)
+        unpublish(plugin, off)
 
 
 def test_rw_volume_commits_writes(plugin, azurite, blob_files, tmp_path):

@@ -110,6 +110,18 @@ def test_plugin_args_are_accepted_by_amlfs_csi():
         assert f"--{flag}" in sub
 
 
+def test_disk_cache_lives_in_a_host_directory():
+    """The daemons' default cache dir ($XDG_CACHE_HOME/amlfs) is a hostPath mount: it survives the
+    pod and does not fill the container's writable layer."""
+    (ds,) = by_kind("DaemonSet")
+    plugin = _plugin(ds)
+    env = {e["name"]: e.get("value") for e in plugin["env"]}
+    cache_dir = f"{env['XDG_CACHE_HOME']}/amlfs"
+    (mount,) = [m for m in plugin["volumeMounts"] if m["mountPath"] == cache_dir]
+    (vol,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert vol["hostPath"]["path"] == cache_dir
+
+
 def test_memory_limit_covers_the_cache_budget():
     """limit >= cache budget + per-daemon footprint x max volumes + the plugin (deploy/README.md)."""
     (ds,) = by_kind("DaemonSet")

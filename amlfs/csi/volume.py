@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from ..errors import AmlfsError, RegistryError, UsageError
@@ -51,8 +52,9 @@ _SIZE_OPTIONS = (
     "negative_timeout",
     "read_timeout",
     "read_ahead",
+    "disk_cache_size",
 )
-_BOOL_OPTIONS = ("immutable", "preload", "rw", "ro", "readonly")
+_BOOL_OPTIONS = ("immutable", "preload", "disk_cache", "rw", "ro", "readonly")
 # Kernel/FUSE mount flags passed through as they are.
 _FUSE_FLAGS = frozenset(
     "nodev nosuid noexec noatime relatime nodiratime lazytime dev suid exec".split()
@@ -116,6 +118,9 @@ class VolumeSpec:
     identity: WorkloadIdentity | None
     fingerprint: str
     notes: tuple[str, ...] = ()
+
+
+_OPTION = re.compile(r"--([a-z][a-z-]*)")
 
 
 def _truthy(name: str, value: str) -> bool:
@@ -203,9 +208,12 @@ def build_spec(
             nonempty=False,
             rw=wants_rw,
             preload="preload" in options and _truthy("preload", options["preload"]),
+            no_disk_cache="disk_cache" in options
+            and not _truthy("disk_cache", options["disk_cache"]),
         )
     except UsageError as e:
-        raise invalid(str(e).replace("--", "").replace("-", "_", 1)) from None
+        # the CLI's option names as volume attributes: --disk-cache-size -> disk_cache_size
+        raise invalid(_OPTION.sub(lambda m: m[1].replace("-", "_"), str(e))) from None
     fingerprint = hashlib.sha256(
         json.dumps(
             {
