@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -141,19 +142,23 @@ def commit(
     upload: bool,
     show_progress: bool | None = None,
     report: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[OutputResult]:
     """Commit every output (upload mode only when `upload`); never raises for one output's
-    failure: each result lists its own."""
+    failure: each result lists its own. Once `stop` is set, uploads start no further file and
+    later outputs are not committed (each records why)."""
     results = []
     for out in prepared.outputs:
         dest = out.destination(prepared.run_id)
         rec = OutputRecord(out.name, out.datastore.name, dest, out.mode)
         res = OutputResult(out, rec)
         try:
-            if out.mode == "rw_mount":
+            if stop is not None and stop.is_set() and out.mode == "upload":
+                rec.failures.append("not uploaded: interrupted")
+            elif out.mode == "rw_mount":
                 _commit_mount(prepared, out, res)
             elif upload:
-                _commit_upload(prepared.locations[out.name], out, dest, res, show_progress)
+                _commit_upload(prepared.locations[out.name], out, dest, res, show_progress, stop)
             else:
                 res.summary = "not uploaded (the command failed and --no-upload-on-failure)"
         except (AmlfsError, BackendError, OSError) as e:
@@ -194,7 +199,12 @@ def _local_files(src: str) -> set[str]:
 
 
 def _commit_upload(
-    local: str, out: Output, dest: str, res: OutputResult, show_progress: bool | None
+    local: str,
+    out: Output,
+    dest: str,
+    res: OutputResult,
+    show_progress: bool | None,
+    stop: threading.Event | None = None,
 ) -> None:
     from .filters import PathFilter
     from .outcome import TransferStopped
@@ -215,6 +225,7 @@ def _commit_upload(
                 overwrite=out.overwrite,
                 show_progress=show_progress,
                 path_filter=path_filter,
+                stop=stop,
             )
         except TransferStopped as e:
             result = e.result

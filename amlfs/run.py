@@ -253,6 +253,11 @@ def run_with_inputs(
     (upload mode: also when it failed, unless not `upload_on_failure`); whatever happens,
     mounts are undone before this returns. A command killed by a signal gives 128 + the signal
     number, as a shell does. `report` is given the summary lines (the CLI prints them).
+
+    While the outputs are committed, a first SIGINT/SIGTERM is answered with a message and the
+    commit goes on (a terminal's Ctrl-C, or a process group's SIGTERM, reaches the command and
+    amlfs at once: that one must not cut the upload short); a second one stops the upload, and
+    the run directory, with the outputs that were not uploaded, is kept and named.
     """
     if not command:
         raise UsageError("no command to run")
@@ -264,9 +269,19 @@ def run_with_inputs(
     manifest = Manifest(run_id, list(command), start=_utc(time.time()))
     result = RunResult(1, run_id=run_id, manifest=manifest)
     child: list[subprocess.Popen] = []
+    committing: list[int] = []  # signals received while committing the outputs
+    stop = threading.Event()  # set by the second of them: the uploads start no further file
 
     def on_signal(signum, _frame):
-        if child:
+        if child and child[0].returncode is not None:
+            committing.append(signum)
+            if len(committing) > 1:
+                stop.set()
+                return
+            if report:
+                report("amlfs: committing the outputs; interrupt again to stop (the outputs"
+                       " not uploaded are then kept locally)")  # fmt: skip
+        elif child:
             with contextlib.suppress(ProcessLookupError):
                 child[0].send_signal(signum)
         else:
@@ -291,18 +306,23 @@ def run_with_inputs(
             rc = child[0].wait()
             result.returncode = result.command_status = 128 - rc if rc < 0 else rc
             result.locations = dict(locations)
+            owned, rundir.owned = rundir.owned, False  # the outputs' only copy until committed
             result.outputs = outs.commit(
                 prepared,
                 upload=result.returncode == 0 or upload_on_failure,
                 show_progress=show_progress,
                 report=report,
+                stop=stop,
             )
-            if rundir.owned and any(
-                o.failures and o.output.mode == "upload" for o in result.outputs
-            ):
-                rundir.owned = False  # the only copy of what failed to upload: keep it
+            if stop.is_set():
+                result.returncode = 128 + committing[-1]
+                if report:
+                    report(f"amlfs: the output commit was stopped; kept under {rundir.path}")
+            elif owned and any(o.failures and o.output.mode == "upload" for o in result.outputs):
                 if report:
                     report(f"amlfs: the outputs that failed to upload are kept under {rundir.path}")
+            else:
+                rundir.owned = owned
     except Terminated as t:
         result.returncode = 128 + t.args[0]
     finally:
@@ -313,7 +333,7 @@ def run_with_inputs(
     manifest.outputs = [o.record for o in result.outputs]
     result.failures = [f"output {o.output.name}: {f}" for o in result.outputs for f in o.failures]
     _write_manifest(result, manifest_to, report)
-    if result.returncode == 0 and result.failures:
+    if result.returncode == 0 and result.failures:  # (a stopped commit kept 128 + signal)
         result.returncode = 1
         if report:
             report(f"amlfs: error: the command succeeded but {len(result.failures)} output"

@@ -294,7 +294,12 @@ class _CountingReader:
 
 
 def _run_uploads(
-    backend: Backend, plan: list[_Upload], overwrite: bool, show: bool, workers: int | None
+    backend: Backend,
+    plan: list[_Upload],
+    overwrite: bool,
+    show: bool,
+    workers: int | None,
+    stop: threading.Event | None = None,
 ) -> TransferResult:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -324,7 +329,7 @@ def _run_uploads(
     throttle = Throttle(max(1, workers or DEFAULT_WORKERS))
 
     def one(u: _Upload) -> None:
-        if fatal:
+        if fatal or (stop is not None and stop.is_set()):
             return
         try:
             with open(u.local, "rb") as f:
@@ -370,6 +375,8 @@ def _run_uploads(
     finally:
         progress.close()
     result.seconds = time.monotonic() - start
+    if stop is not None and stop.is_set() and not fatal:
+        fatal.append(TransferStopped(AmlfsError("interrupted"), result))
     if fatal:
         raise (
             fatal[0] if isinstance(fatal[0], TransferStopped) else TransferStopped(fatal[0], result)
@@ -385,14 +392,16 @@ def upload_dir(
     show_progress: bool | None = True,
     workers: int | None = None,
     path_filter: PathFilter = KEEP_ALL,
+    stop: threading.Event | None = None,
 ) -> TransferResult:
     """Upload the tree `src_dir` to `target_path` (Azure ML v1 `ds.upload`).
 
     overwrite=False skips remote files that already exist (counted in `skipped`).
     path_filter: only the files it keeps (by their path relative to `src_dir`).
+    stop: once set, no further file starts (those in flight finish); TransferStopped then.
     """
     plan = path_filter.select(_plan_dir(src_dir, normpath(target_path)), lambda u: u.key)
-    return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers)
+    return _run_uploads(backend, plan, overwrite, should_show(show_progress), workers, stop)
 
 
 def upload_files(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import replace
 
 import pytest
@@ -191,6 +192,40 @@ def test_upload_output_after_sigterm(store, payload_dir, tmp_path):
     assert rc == 128 + signal.SIGTERM, stderr
     assert remote_files(ds, "term") == PAYLOAD
     assert run_manifest(stderr)["exit_status"] == 128 + signal.SIGTERM
+
+
+def test_a_second_interrupt_stops_the_output_upload_and_keeps_the_rest(request, tmp_path):
+    """The first SIGINT after the command ended (a terminal's Ctrl-C reaches both) leaves the
+    upload running; a second one stops it: exit 130, and every file is either in the datastore
+    or in the kept run directory."""
+    reg, ds = make_store(request, "local", tmp_path)
+    n = 10_000
+    make = f"import os; [open(os.path.join('{{m}}', f'f{{i:05d}}'), 'w').write(str(i)) for i in range({n})]"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amlfs", "--registry", reg, "run", "-o", "m=data:stop", "--"]
+        + [sys.executable, "-c", make],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    dest = tmp_path / "store" / "stop"
+    deadline = time.monotonic() + 120
+    while not (dest.is_dir() and any(dest.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(120)
+    stderr = proc.stderr.read()
+    assert rc == 130, stderr
+    assert "interrupt again to stop" in stderr
+    kept = next(ln for ln in stderr.splitlines() if "output commit was stopped; kept under" in ln)
+    local = os.path.join(kept.rpartition(" ")[2], "outputs", "m")
+    uploaded = {p.name for p in dest.iterdir()}
+    assert 0 < len(uploaded) < n  # stopped part way
+    assert uploaded | set(os.listdir(local)) == {f"f{i:05d}" for i in range(n)}
+    assert all((dest / f).read_text() == str(int(f[1:])) for f in uploaded)
 
 
 def test_success_with_failed_output_exits_1_with_failure_listed(tmp_path):

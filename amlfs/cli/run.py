@@ -154,8 +154,10 @@ def run(
     $AZUREML_DATAREFERENCE_NAME and $AMLFS_DATAREFERENCE_NAME; each output's as
     $AZUREML_OUTPUT_NAME and $AMLFS_OUTPUT_NAME. A {NAME} that is neither is an error (a
     shell's ${VAR} is left alone). Outputs are committed when COMMAND exits, also after a
-    failure or SIGTERM (the command is terminated first), with a summary per output. Mounts are
-    undone on success, failure, Ctrl-C and SIGTERM. Every run writes a manifest (the files each
+    failure or SIGTERM (the command is terminated first), with a summary per output; a second
+    Ctrl-C or SIGTERM during that commit stops the uploads (exit 128 + the signal) and keeps
+    the outputs not uploaded in the run directory, named on stderr. Mounts are undone on
+    success, failure, Ctrl-C and SIGTERM. Every run writes a manifest (the files each
     input saw and each output committed, with ETags) under ~/.local/state/amlfs/runs/RUN_ID/.
 
     Exit status: COMMAND's; 1 when it succeeded but an output could not be committed (the
