@@ -5,7 +5,9 @@ A part is sent in the background, in the mount's nursery, at most PARTS_IN_FLIGH
 at once; its buffer is counted in the write budget until the thread sending it has let go of it.
 A part's failure is kept (`_error`) for the commit to report.
 
-Concurrency contract: the trio thread only, under the handle's lock (writes.py).
+Concurrency contract: the trio thread only. `_ship` runs under the handle's lock (writes.py);
+the part it starts runs as a task of the mount's nursery, and tells the handle when it ends
+(`_inflight`, `_idle`, `_part_done`).
 """
 
 from __future__ import annotations
