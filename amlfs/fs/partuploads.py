@@ -31,6 +31,9 @@ log = logging.getLogger("amlfs.fs.writes")
 PARTS_IN_FLIGHT = 4
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 2.0
+#: a discarded upload's parts still being sent are waited for at most this many request bounds
+#: (a part gives up after two: `_stage_part`)
+DISCARD_WAIT = 4
 
 
 @dataclass
@@ -65,6 +68,8 @@ class PartUploads:
     _inflight: int
     _idle: trio.Event
     _error: BackendError | None
+    _unreleased: dict[int, int]  # id(upload) -> its parts some thread still holds
+    _released: trio.Event  # set (and replaced) whenever a part is let go
 
     async def _ship(self, n: int) -> None:
         """Hand the first `n` buffered bytes to the upload as the next part (in the background;
@@ -79,14 +84,30 @@ class PartUploads:
         self._parts.append(index)
         offset = self._shipped_end
         self._shipped_end += n
-        self._inflight += 1
-        self._idle = trio.Event()
         # The whole file's MD5 is computed in worker threads too, part after part in order.
         after, done = self._hashed, trio.Event()
         self._hashed = done
-        self.ctx.nursery.start_soon(
-            self._stage_part, self._upload, index, offset, chunk, self._md5, after, done
-        )
+        self._start_part(self._upload, index, offset, chunk, self._md5, after, done)
+
+    def _start_part(
+        self, upload: Upload, index: int, offset: int, chunk: bytes, *hashing: Any
+    ) -> None:
+        """Send one part in the background (`_stage_part`), counted until it has ended
+        (`_inflight`) and until no thread holds it any more (`_unreleased`)."""
+        self._inflight += 1
+        self._idle = trio.Event()
+        self._unreleased[id(upload)] = self._unreleased.get(id(upload), 0) + 1
+        self.ctx.nursery.start_soon(self._stage_part, upload, index, offset, chunk, *hashing)
+
+    def _let_go(self, upload: Upload) -> None:
+        """No thread holds one part of `upload` any more."""
+        left = self._unreleased[id(upload)] - 1
+        if left:
+            self._unreleased[id(upload)] = left
+        else:
+            del self._unreleased[id(upload)]
+        self._released.set()
+        self._released = trio.Event()
 
     async def _idle_one(self) -> None:
         event = self._part_done = trio.Event()
@@ -113,6 +134,7 @@ class PartUploads:
             if state["done"] and not state["threads"] and not state["given"]:
                 state["given"] = True
                 self.ctx.budget.give(n)
+                self._let_go(upload)
 
         def exited() -> None:
             state["threads"] -= 1
@@ -153,9 +175,18 @@ class PartUploads:
         await self._idle.wait()
 
     def _discard(self, upload: Upload) -> None:
-        """Forget an upload's uncommitted parts, in the background (it may take a request)."""
+        """Forget an upload's uncommitted parts, in the background (it may take a request), once
+        no thread is sending one of its parts any more (base.Upload: a discard runs when no
+        stage is in flight): a part still being sent would otherwise recreate what the discard
+        deleted (ADLS and File share: a temporary file left behind by a commit that timed out).
+        A part thread still running after DISCARD_WAIT request bounds is not waited for."""
 
         async def run() -> None:
+            with trio.move_on_after(self.ctx.request_timeout * DISCARD_WAIT) as scope:
+                while id(upload) in self._unreleased:
+                    await self._released.wait()
+            if scope.cancelled_caught:
+                log.warning("%r: discarding an upload while a part is still being sent", self.path)
             try:
                 await self.ctx.backend.call(upload.discard)
             except Exception as e:

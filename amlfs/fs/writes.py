@@ -75,6 +75,8 @@ class WriteHandle(PartUploads):
         self._idle = trio.Event()
         self._idle.set()
         self._error: BackendError | None = None
+        self._unreleased: dict[int, int] = {}
+        self._released = trio.Event()
         # the tee (and, staged, the file itself): valid from tee_from (0 once staged)
         self.tee: StagingFile | None = None
         self.tee_from = kept
@@ -320,23 +322,23 @@ class WriteHandle(PartUploads):
         md5 = hashlib.md5()
         parts: list[int] = []
         self._error = None
-        for i, off in enumerate(range(0, self.size, block)):
-            n = min(block, self.size - off)
-            while self._inflight >= PARTS_IN_FLIGHT:
-                await self._idle_one()
-            await self.ctx.budget.take(n)  # given back by _stage_part
-            data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
-            self._inflight += 1
-            self._idle = trio.Event()
-            parts.append(i)
-            self.ctx.nursery.start_soon(self._stage_part, upload, i, off, data)
-        await self._wait_idle()
-        if self._error is not None:
+        try:
+            for i, off in enumerate(range(0, self.size, block)):
+                n = min(block, self.size - off)
+                while self._inflight >= PARTS_IN_FLIGHT:
+                    await self._idle_one()
+                await self.ctx.budget.take(n)  # given back by _stage_part
+                data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
+                parts.append(i)
+                self._start_part(upload, i, off, data)
+            await self._wait_idle()
+            if self._error is not None:
+                raise self._error
+            return await self._commit_upload(upload, parts, md5.digest())
+        finally:
+            # Committed, failed, or cancelled (the commit timeout): each upload of the staging
+            # file is a new one, never used again.
             self._discard(upload)
-            raise self._error
-        info = await self._commit_upload(upload, parts, md5.digest())
-        self._discard(upload)
-        return info
 
     # --- closing ---------------------------------------------------------------------------------
 
@@ -347,8 +349,8 @@ class WriteHandle(PartUploads):
                 await self._wait_idle()
         self.ctx.budget.give(self._buf.clear())
         self._hashed = None
-        if self._upload is not None and self._inflight == 0:
-            self._discard(self._upload)
+        if self._upload is not None:
+            self._discard(self._upload)  # once its parts still in flight have ended
         self._upload = None
         if self.tee is not None:
             self.tee.close()
