@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import time
 
 import pytest
@@ -96,3 +97,30 @@ def test_commit_past_the_timeout_is_eio_and_leaves_no_temporary_file(
         os.close(fd)  # commits (the proxy no longer delays anything)
     assert backend.read_all("f.bin") == want
     assert _names(backend) == ["f.bin"]
+
+
+def test_a_part_failing_after_its_commit_timed_out_does_not_fail_the_next_commit(
+    mounts, config, backend, proxy, kind
+):
+    # Sockets give up after 1 s (half of --read-timeout) and a part after 4 s (twice it).
+    mp = rw(mounts, config, "--read-timeout", "2", "--commit-timeout", "3")
+    want = bytearray(os.urandom(50_000))  # one part
+    fd = os.open(mp / "f.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, want)
+        os.pwrite(fd, b"FIRST", 0)
+        want[:5] = b"FIRST"
+        method, path = PART_REQUEST[kind]
+        proxy.add("stall", method=method, path=path, seconds=30)  # every try of the part
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+        # The part's next try is refused (403): it fails, after its commit was given up.
+        stalled = {x.path.partition("?")[0] for x in proxy.log if x.action == "stall"}
+        assert len(stalled) == 1, stalled
+        proxy.clear()
+        proxy.add("status", method=method, path=re.escape(stalled.pop()), status=403)
+    finally:
+        os.close(fd)  # its own part is sent; the abandoned upload's failure is not its failure
+    assert backend.read_all("f.bin") == want
+    _wait_for_names(backend, ["f.bin"])

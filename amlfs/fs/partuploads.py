@@ -70,6 +70,7 @@ class PartUploads:
     _error: BackendError | None
     _unreleased: dict[int, int]  # id(upload) -> its parts some thread still holds
     _released: trio.Event  # set (and replaced) whenever a part is let go
+    _discarding: set[int]  # id(upload) of uploads given up, until their discard is done
 
     async def _ship(self, n: int) -> None:
         """Hand the first `n` buffered bytes to the upload as the next part (in the background;
@@ -159,7 +160,8 @@ class PartUploads:
                 raise Transient(f"{self.path!r}: uploading a part timed out", self.path)
             self.ctx.count("bytes_written", n)
         except BackendError as e:
-            if self._error is None:
+            # A part of an upload already given up (a commit past its bound) fails nothing.
+            if self._error is None and id(upload) not in self._discarding:
                 self._error = e
         finally:
             state["done"] = True
@@ -182,16 +184,19 @@ class PartUploads:
         A part thread still running after DISCARD_WAIT request bounds is not waited for."""
 
         async def run() -> None:
-            with trio.move_on_after(self.ctx.request_timeout * DISCARD_WAIT) as scope:
-                while id(upload) in self._unreleased:
-                    await self._released.wait()
-            if scope.cancelled_caught:
-                log.warning("%r: discarding an upload while a part is still being sent", self.path)
             try:
+                with trio.move_on_after(self.ctx.request_timeout * DISCARD_WAIT) as scope:
+                    while id(upload) in self._unreleased:
+                        await self._released.wait()
+                if scope.cancelled_caught:
+                    log.warning("%r: discarding an upload while a part is being sent", self.path)
                 await self.ctx.backend.call(upload.discard)
             except Exception as e:
                 log.warning("%r: could not discard an upload: %s", self.path, e)
+            finally:
+                self._discarding.discard(id(upload))
 
+        self._discarding.add(id(upload))
         self.ctx.nursery.start_soon(run)
 
     async def _open_upload(self, keep: ObjectInfo | None) -> Upload:

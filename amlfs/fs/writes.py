@@ -77,6 +77,7 @@ class WriteHandle(PartUploads):
         self._error: BackendError | None = None
         self._unreleased: dict[int, int] = {}
         self._released = trio.Event()
+        self._discarding: set[int] = set()
         # the tee (and, staged, the file itself): valid from tee_from (0 once staged)
         self.tee: StagingFile | None = None
         self.tee_from = kept
