@@ -14,6 +14,10 @@ from .inodes import Node
 # small enough that buffered readers (Python's io uses it) do not allocate megabytes per file.
 BLKSIZE = 128 * 1024
 
+#: the mount's stats file: an unlisted file at the root, served with a reserved inode
+STATS_NAME = ".__amlfs_stats__"
+STATS_INODE = pyfuse3.ROOT_INODE + 1  # reserved; the inode table starts after it
+
 
 def entry(
     node: Node,

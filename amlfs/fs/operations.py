@@ -1,6 +1,7 @@
 """The pyfuse3 request handlers of a read-only mount.
 
 Every handler goes through `handlers.handler`, the one place where exceptions become errno values.
+The directory handlers (opendir, readdir) are a mixin in directories.py.
 
 Time: every request is answered within `request_timeout` of its arrival (`handler` bounds it);
 metadata calls retry transient failures with backoff inside that bound (the backend itself does
@@ -41,11 +42,13 @@ from ..backends.base import (
 )
 from ..backends.bridge import TrioBackend
 from . import attrs
+from .attrs import STATS_INODE, STATS_NAME
 from .budget import MemoryBudget
+from .directories import DirectoryHandlers, DirHandle
 from .fetcher import BACKOFF_BASE, BACKOFF_MAX
 from .handlers import handler, invalidate_entry, refuse
 from .inodes import InodeTable, Node, Timeouts
-from .listings import DirStream, Listings
+from .listings import Listings
 from .readahead import WalkDetector
 from .stats import Stats
 
@@ -54,15 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATS_NAME = ".__amlfs_stats__"
 #: entries of a listing's first page (later pages are the service's largest, 5000)
 FIRST_PAGE = 500
-STATS_INODE = pyfuse3.ROOT_INODE + 1  # reserved; the inode table starts after it
 # O_APPEND alone is fine on a read-only open (Linux allows O_RDONLY | O_APPEND).
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _STATS_NAME_B = STATS_NAME.encode()
-# Entries 1 and 2 of every directory are '.' and '..'; listing entry i has offset i + 3.
-_FIRST_ENTRY = 2
 
 
 @dataclass
@@ -83,19 +82,12 @@ class OperationsConfig:
 
 
 @dataclass(eq=False)
-class _DirHandle:
-    node: Node
-    stream: DirStream
-    prefetched: bool = False  # its subdirectories were queued for background listing
-
-
-@dataclass(eq=False)
 class _FileHandle:
     node: Node
     reader: FileReader
 
 
-class Operations(pyfuse3.Operations):
+class Operations(DirectoryHandlers, pyfuse3.Operations):
     """A read-only view of one directory of a datastore (the mount's root: `root.path`)."""
 
     enable_writeback_cache = False
@@ -133,7 +125,7 @@ class Operations(pyfuse3.Operations):
         self.walks = WalkDetector(self.config.walk_prefetch, self.config.small_file_size)
         self._describe = describe
         self._files: dict[int, _FileHandle] = {}
-        self._dirs: dict[int, _DirHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
         self._stats_files: dict[int, bytes] = {}
         self._next_fh = 1
         self._reported: set[tuple[str, str]] = set()
@@ -329,97 +321,6 @@ class Operations(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
-
-    # --- directories -----------------------------------------------------------------------------
-
-    @handler("opendir")
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> int:
-        node = self._node(inode)
-        if not node.info.is_dir:
-            raise FUSEError(errno.ENOTDIR)
-        fh = self._fh()
-        self._dirs[fh] = _DirHandle(node, self.listings.open(node.path))
-        return fh
-
-    @handler("readdir")
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._dirs.get(fh)
-        if handle is None:
-            raise FUSEError(errno.EBADF)
-        node = handle.node
-        if start_id < 1:
-            if not pyfuse3.readdir_reply(token, b".", self.attributes(node), 1):
-                return
-            start_id = 1
-        if start_id < _FIRST_ENTRY:
-            up = node
-            if node is not self.table.root:
-                up = self.table.by_path(node.path.rpartition("/")[0]) or self.table.root
-            if not pyfuse3.readdir_reply(token, b"..", self.attributes(up), _FIRST_ENTRY):
-                return
-            start_id = _FIRST_ENTRY
-        i = start_id - _FIRST_ENTRY
-        while True:
-            stream = handle.stream
-            if i >= len(stream.entries):
-                if stream.done:
-                    if not handle.prefetched:
-                        handle.prefetched = self.listings.prefetch(stream.entries)
-                    return
-                # Stream: one LIST page at a time, and reply with it before asking for the next.
-                try:
-                    handle.stream = await self.listings.more(stream)
-                except NotFound:
-                    if node is not self.table.root:
-                        raise
-                    # A prefix that vanished shows as an empty directory, not a broken mount.
-                    handle.stream = DirStream.complete(node.path, [], self.table.clock())
-                continue
-            info = stream.entries[i]
-            child = self.table.remember(info, fetched=stream.started)
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(info.name), self.attributes(child), i + _FIRST_ENTRY + 1
-            ):
-                self.table.forget(child.inode, 1)
-                return
-            i += 1
-
-    async def _list_accepted(
-        self, path: str, token: str | None
-    ) -> tuple[list[ObjectInfo], str | None]:
-        page, token = await self._list_page(path, token)
-        return self._accept(path, page), token
-
-    def _accept(self, path: str, page: list[ObjectInfo]) -> list[ObjectInfo]:
-        """The entries of one LIST page of `path` that the kernel may see."""
-        prefix = f"{path}/" if path else ""
-        at_root = path == self.table.root.path
-        out = []
-        for e in page:
-            if at_root and e.name == STATS_NAME:
-                self._log_once(("name", e.path), "%r is hidden by the mount's stats file", e.path)
-                continue
-            # Backends skip unsafe names; this is the last line of defence for the kernel.
-            if is_safe_name(e.name) and e.path == prefix + e.name:
-                out.append(e)
-            else:
-                self._log_once(("name", e.path), "skipping entry %r: not a safe name", e.path)
-        return out
-
-    def _log_once(self, key: tuple[str, str], msg: str, *args: Any) -> None:
-        if key not in self._reported and len(self._reported) < 10_000:
-            self._reported.add(key)
-            log.warning(msg, *args)
-
-    @handler("releasedir")
-    async def releasedir(self, fh: int) -> None:
-        handle = self._dirs.pop(fh, None)
-        if handle is not None:
-            self.listings.release(handle.stream)
-
-    @handler("fsyncdir")
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
 
     # --- files -----------------------------------------------------------------------------------
 

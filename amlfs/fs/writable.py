@@ -31,9 +31,10 @@ from . import attrs
 from .handlers import handler, refuse
 from .inodes import Node
 from .operations import STATS_INODE, Operations
+from .partuploads import WriteContext
 from .staging import StagingArea
 from .writebuffer import WriteBudget
-from .writes import WriteContext, WriteHandle
+from .writes import WriteHandle
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""One file being written through a writable mount: `WriteHandle` (its memory: writebuffer.py).
+"""One file being written through a writable mount: `WriteHandle` (its memory: writebuffer.py;
+its parts in flight: partuploads.py).
 
 A handle streams while the writer writes sequentially (from the start of a new or truncated
 file, or from the end of an existing one: append): whole blocks are staged as parts of an
@@ -25,40 +26,20 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import BackendError, Changed, NotFound, ObjectInfo, Transient, Upload, Writer
-from ..backends.bridge import TrioBackend
-from .staging import StagingArea, StagingFile
-from .writebuffer import PartBuffer, WriteBudget
+from ..backends.base import BackendError, Changed, NotFound, ObjectInfo, Transient, Upload
+from .partuploads import BACKOFF_BASE, BACKOFF_MAX, PARTS_IN_FLIGHT, PartUploads, WriteContext
+from .staging import StagingFile
+from .writebuffer import PartBuffer
 
 log = logging.getLogger(__name__)
 
-#: part uploads of one handle in flight at once
-PARTS_IN_FLIGHT = 4
-BACKOFF_BASE = 0.1
-BACKOFF_MAX = 2.0
 
-
-@dataclass
-class WriteContext:
-    """What every handle of one mount shares."""
-
-    backend: TrioBackend
-    writer: Writer
-    budget: WriteBudget
-    staging: StagingArea
-    nursery: trio.Nursery
-    block_size: int
-    request_timeout: float
-    count: Callable[[str, int], None]
-
-
-class WriteHandle:
+class WriteHandle(PartUploads):
     """One file open for writing (one per path per mount)."""
 
     def __init__(
@@ -94,6 +75,9 @@ class WriteHandle:
         self._idle = trio.Event()
         self._idle.set()
         self._error: BackendError | None = None
+        self._unreleased: dict[int, int] = {}
+        self._released = trio.Event()
+        self._discarding: set[int] = set()
         # the tee (and, staged, the file itself): valid from tee_from (0 once staged)
         self.tee: StagingFile | None = None
         self.tee_from = kept
@@ -179,126 +163,6 @@ class WriteHandle:
         else:
             self.tee.truncate(0)
         self.tee_from = 0
-
-    async def _ship(self, n: int) -> None:
-        """Hand the first `n` buffered bytes to the upload as the next part (in the background;
-        their budget is given back when the thread sending them has finished)."""
-        if self._upload is None:
-            self._upload = await self._open_upload(self.keep)
-        while self._inflight >= PARTS_IN_FLIGHT:
-            await self._idle_one()
-        chunk = self._buf.take(n)
-        index = self._next_part
-        self._next_part += 1
-        self._parts.append(index)
-        offset = self._shipped_end
-        self._shipped_end += n
-        self._inflight += 1
-        self._idle = trio.Event()
-        # The whole file's MD5 is computed in worker threads too, part after part in order.
-        after, done = self._hashed, trio.Event()
-        self._hashed = done
-        self.ctx.nursery.start_soon(
-            self._stage_part, self._upload, index, offset, chunk, self._md5, after, done
-        )
-
-    async def _idle_one(self) -> None:
-        event = self._part_done = trio.Event()
-        await event.wait()
-
-    _part_done: trio.Event | None = None
-
-    async def _stage_part(
-        self,
-        upload: Upload,
-        index: int,
-        offset: int,
-        chunk: bytes,
-        md5: Any = None,
-        after: trio.Event | None = None,
-        hashed: trio.Event | None = None,
-    ) -> None:
-        """Send one part (retrying transient failures within twice the request bound); its
-        budget is given back once no thread holds `chunk` any more."""
-        n = len(chunk)
-        state = {"threads": 0, "done": False, "given": False}
-
-        def release() -> None:
-            if state["done"] and not state["threads"] and not state["given"]:
-                state["given"] = True
-                self.ctx.budget.give(n)
-
-        def exited() -> None:
-            state["threads"] -= 1
-            release()
-
-        async def once() -> None:
-            state["threads"] += 1
-            await self.ctx.backend.call(upload.stage, index, offset, chunk, on_exit=exited)
-
-        try:
-            try:
-                if md5 is not None:
-                    if after is not None:
-                        await after.wait()
-                    await trio.to_thread.run_sync(md5.update, chunk)  # hashlib drops the GIL
-            finally:
-                if hashed is not None:
-                    hashed.set()
-            with trio.move_on_after(self.ctx.request_timeout * 2) as scope:
-                await self._retrying("stage", once)
-            if scope.cancelled_caught:
-                raise Transient(f"{self.path!r}: uploading a part timed out", self.path)
-            self.ctx.count("bytes_written", n)
-        except BackendError as e:
-            if self._error is None:
-                self._error = e
-        finally:
-            state["done"] = True
-            release()
-            self._inflight -= 1
-            if self._part_done is not None:
-                self._part_done.set()
-                self._part_done = None
-            if self._inflight == 0:
-                self._idle.set()
-
-    async def _wait_idle(self) -> None:
-        await self._idle.wait()
-
-    def _discard(self, upload: Upload) -> None:
-        """Forget an upload's uncommitted parts, in the background (it may take a request)."""
-
-        async def run() -> None:
-            try:
-                await self.ctx.backend.call(upload.discard)
-            except Exception as e:
-                log.warning("%r: could not discard an upload: %s", self.path, e)
-
-        self.ctx.nursery.start_soon(run)
-
-    async def _open_upload(self, keep: ObjectInfo | None) -> Upload:
-        w = self.ctx.writer
-
-        def open_() -> Upload:
-            up = w.open_upload(self.path, etag=self.etag, keep=keep)
-            prepare = getattr(up, "prepare", None)
-            if prepare is not None:
-                prepare()
-            return up
-
-        return await self._retrying("open", lambda: self.ctx.backend.call(open_))
-
-    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await fn()
-            except Transient as e:
-                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt += 1
-                log.debug("%s %r: %s; retrying in %.2f s", what, self.path, e, delay)
-                await trio.sleep(delay)
 
     # --- out of order: the staging file becomes the file --------------------------------------
 
@@ -459,23 +323,23 @@ class WriteHandle:
         md5 = hashlib.md5()
         parts: list[int] = []
         self._error = None
-        for i, off in enumerate(range(0, self.size, block)):
-            n = min(block, self.size - off)
-            while self._inflight >= PARTS_IN_FLIGHT:
-                await self._idle_one()
-            await self.ctx.budget.take(n)  # given back by _stage_part
-            data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
-            self._inflight += 1
-            self._idle = trio.Event()
-            parts.append(i)
-            self.ctx.nursery.start_soon(self._stage_part, upload, i, off, data)
-        await self._wait_idle()
-        if self._error is not None:
+        try:
+            for i, off in enumerate(range(0, self.size, block)):
+                n = min(block, self.size - off)
+                while self._inflight >= PARTS_IN_FLIGHT:
+                    await self._idle_one()
+                await self.ctx.budget.take(n)  # given back by _stage_part
+                data = await trio.to_thread.run_sync(_read_hashed, tee, off, n, md5)
+                parts.append(i)
+                self._start_part(upload, i, off, data)
+            await self._wait_idle()
+            if self._error is not None:
+                raise self._error
+            return await self._commit_upload(upload, parts, md5.digest())
+        finally:
+            # Committed, failed, or cancelled (the commit timeout): each upload of the staging
+            # file is a new one, never used again.
             self._discard(upload)
-            raise self._error
-        info = await self._commit_upload(upload, parts, md5.digest())
-        self._discard(upload)
-        return info
 
     # --- closing ---------------------------------------------------------------------------------
 
@@ -486,8 +350,8 @@ class WriteHandle:
                 await self._wait_idle()
         self.ctx.budget.give(self._buf.clear())
         self._hashed = None
-        if self._upload is not None and self._inflight == 0:
-            self._discard(self._upload)
+        if self._upload is not None:
+            self._discard(self._upload)  # once its parts still in flight have ended
         self._upload = None
         if self.tee is not None:
             self.tee.close()
