@@ -5,7 +5,9 @@ State lives beside the data, so that DIR holds exactly the remote files: `.DIR.a
 (a snapshot, replaced atomically) and `.DIR.amlfs-stage.journal` (JSON lines appended after each
 commit batch of the engine) in DIR's parent -- or inside DIR as `.amlfs-stage.json` and
 `.amlfs-stage.journal` when the parent is not writable. A flock on the journal keeps two stages
-out of one DIR.
+out of one DIR. The snapshot is one JSON document written one record a line, in listing order,
+so that it is read record by record (a million-file state is never one parsed document) and
+matched against the listing without a lookup; a snapshot of another layout is read whole.
 
 A claim ("this file is complete", "these chunks are written") is journalled only after the data
 is in the page cache and renamed; with --fsync only after syncfs. Without --fsync the claim
@@ -24,6 +26,7 @@ import os
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import IO
 
 from .commit import syncfs, unlink_quiet
@@ -108,6 +111,11 @@ _BOOT = 2  # ... written during this boot without syncfs (not yet durable)
 #: the first line of a snapshot written by compact(): one record a line follows
 _HEAD = '{"version":' + str(STATE_VERSION) + ',"files":{'
 _PARTS = '},"parts":{'
+_str = encode_basestring_ascii  # a JSON string (json.dumps' own, in C)
+
+
+def _str_or_null(s: str | None) -> str:
+    return "null" if s is None else _str(s)
 
 
 class StageState:
@@ -144,20 +152,6 @@ class StageState:
 
     def mtime_ns(self, i: int) -> int:
         return self._mtimes[i]
-
-    def record(self, name: str) -> FileRecord | None:
-        i = self._find(name)
-        if i is None:
-            return None
-        if i in self._other:
-            return self._other[i]
-        flags = self._flags[i]
-        if not flags & _HAS:
-            return None
-        t = self.table
-        return FileRecord(
-            t.etag(i), t.sizes[i], self._mtimes[i], BOOT_ID if flags & _BOOT else None
-        )
 
     def _find(self, name: str) -> int | None:
         """The listing index of `name` when it takes part. A snapshot written in listing order
@@ -330,20 +324,25 @@ class StageState:
             self._replay(r, i)
 
     def _snapshot_records(self) -> Iterator[str]:
-        t, flags, mtimes, other = self.table, self._flags, self._mtimes, self._other
-        dumps = json.dumps
+        t, flags, mtimes, other, wanted = (
+            self.table,
+            self._flags,
+            self._mtimes,
+            self._other,
+            self.wanted,
+        )
+        tags = ('""', _str(BOOT_ID or ""))  # durable, this boot
         for i in range(len(t)):
-            if not self.wanted[i]:
-                continue
             f = flags[i]
-            if f & _HAS:
-                rec = [t.etag(i), t.sizes[i], mtimes[i], BOOT_ID if f & _BOOT else ""]
-            elif i in other:
+            if f & _HAS and wanted[i]:
+                yield (
+                    f"{_str(t.name(i))}:[{_str_or_null(t.etag(i))},{t.sizes[i]},{mtimes[i]},"
+                    f"{tags[f >> 1]}]"
+                )
+            elif i in other and wanted[i]:
                 r = other[i]
                 rec = [r.etag, r.size, r.mtime_ns, r.boot or ""]
-            else:
-                continue
-            yield dumps(t.name(i)) + ":" + dumps(rec, separators=(",", ":"))
+                yield _str(t.name(i)) + ":" + json.dumps(rec, separators=(",", ":"))
 
     def compact(self) -> None:
         """Replace the snapshot atomically with the current state (the files that take part, one
