@@ -108,7 +108,7 @@ class Committer:
         """Queue the complete part file `tmp` for renaming to `done.job.dest`."""
         with self._cv:
             self._pending.append((tmp, done))
-            if len(self._pending) >= COMMIT_BATCH:
+            if len(self._pending) >= min(COMMIT_BATCH, MAX_PENDING):
                 self._cv.notify()
             # Bounded waits: a committer that failed or stopped never holds a worker.
             while (
@@ -127,7 +127,7 @@ class Committer:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                if not self._closing and len(self._pending) < COMMIT_BATCH:
+                if not self._closing and len(self._pending) < min(COMMIT_BATCH, MAX_PENDING):
                     self._cv.wait(COMMIT_INTERVAL)
                 closing = self._closing
             try:
