@@ -6,11 +6,15 @@ memory) holding N blobs directly under `big/`, then, interleaved over `--reps` r
 - stage: the time until `list_remote` first reports files listed (what the progress bar shows),
   with the small first page and with a full first page, and the whole listing's time.
 
-`--memory N` instead measures (tracemalloc, no Azurite) the bytes per listed file that a stage
-holds: `list_remote`'s result, and the peak of a `stage --dry-run`'s planning, on a synthetic
-listing of N files (names like ds/d42/file-0001234.bin, an ETag, an MD5).
+`--memory N` instead measures (no Azurite) the bytes per listed file that a stage holds, on a
+synthetic listing of N files (names like ds/d42/file-0001234.bin, an Azure-shaped ETag, an MD5):
+with tracemalloc, `list_remote`'s result and the peaks of `stage --dry-run` (and with --verify),
+of a real first run, a no-change re-run and a `--dry-run --delete` re-run of `--full` empty
+files (default N); and the peak RSS (VmHWM) of a real `amlfs stage --dry-run` CLI process whose
+local datastore walks the synthetic listing, minus that of the same command on one file.
 
-Usage: .venv/bin/python benchmarks/listing.py [--files 100000] [--reps 3] [--memory 200000]
+Usage: .venv/bin/python benchmarks/listing.py [--files 100000] [--reps 3]
+       .venv/bin/python benchmarks/listing.py --memory 200000 [--full N]
 """
 
 from __future__ import annotations
