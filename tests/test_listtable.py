@@ -11,6 +11,8 @@ import pytest
 
 from amlfs.backends.base import ObjectInfo
 from amlfs.listtable import ListTable, _pack_etag
+from amlfs.outcome import TransferResult
+from amlfs.transfer import safe_jobs, safe_mask
 
 ODD_ETAGS = [
     '"0x8DC0123456789AB"',  # 15 hex digits: Azure's usual shape
@@ -122,3 +124,21 @@ def test_large_table_is_compact_and_exact():
     # names (~20 bytes) + end 4 + size 8 + mtime 8 + flags 1 + ETag 8 + index ~6, and slack
     assert held / n < 70, held / n
     assert t.nbytes() <= held
+
+
+@pytest.mark.parametrize("base", ["", "ds"])
+def test_safe_mask_agrees_with_safe_jobs(base):
+    head = base + "/" if base else ""
+    paths = ["a", "a/b", "c/d", "c", "x/y/z", "x/y", "x", "ok", "../escape", "a//b", "x/./y"]
+    paths += ["/abs", "x/..", "ü/名", "other/file", "e/f/g", "e/f"]
+    infos = [ObjectInfo(head + p if not p.startswith("other") else p, False, 1) for p in paths]
+    want, got = TransferResult(), TransferResult()
+    expected = [rel for rel, _ in safe_jobs(infos, base, "/t", want)]
+    table = ListTable(base, items=infos)
+    mask = safe_mask(table, got)
+    assert [table.name(i) for i in range(len(table)) if mask[i]] == expected
+    assert got.unsafe == want.unsafe
+    kept = safe_mask(table, TransferResult(), lambda rel: rel.startswith("a"))
+    assert [table.name(i) for i in range(len(table)) if kept[i]] == [
+        r for r in expected if r.startswith("a")
+    ]
