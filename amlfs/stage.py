@@ -114,14 +114,12 @@ class _PlannedJobs(Collection[DownloadJob]):
 
 
 def _md5_path(path: str) -> bytes | None:
-    h = hashlib.md5()
     try:
         with open(path, "rb") as f:
-            while b := f.read(4 << 20):
-                h.update(b)
+            # 256 KiB reads into one buffer: f.read(n) would allocate n bytes for a small file
+            return hashlib.file_digest(f, "md5").digest()
     except OSError:
         return None
-    return h.digest()
 
 
 def _check_local(
@@ -129,21 +127,24 @@ def _check_local(
 ) -> None:
     """--verify for the files stage would skip (plan _CHECK): compare each local copy with the
     listing's Content-MD5; a mismatching one is copied again."""
-    todo = [i for i in range(len(plan)) if plan[i] == _CHECK]
+    i = plan.find(_CHECK)
     with ThreadPoolExecutor(max(1, min(workers or 8, 8))) as pool:
-        for k in range(0, len(todo), _CHECK_BATCH):
-            batch = todo[k : k + _CHECK_BATCH]
-            dests = [os.path.join(root, table.name(i)) for i in batch]  # type: ignore[arg-type]
-            for i, dest, digest in zip(batch, dests, pool.map(_md5_path, dests), strict=True):
-                want = table.md5(i)
-                plan[i] = _SKIP
+        while i >= 0:
+            batch = []
+            while i >= 0 and len(batch) < _CHECK_BATCH:
+                batch.append(i)
+                i = plan.find(_CHECK, i + 1)
+            dests = [os.path.join(root, table.name(k)) for k in batch]  # type: ignore[arg-type]
+            for k, dest, digest in zip(batch, dests, pool.map(_md5_path, dests), strict=True):
+                want = table.md5(k)
+                plan[k] = _SKIP
                 if want is None:
                     result.no_md5 += 1
                 elif digest == want:
                     result.verified += 1
                 else:
                     log.warning("%s does not match its Content-MD5: fetching it again", dest)
-                    plan[i] = _COPY
+                    plan[k] = _COPY
 
 
 def _remove_empty_parents(root: str, rel: str) -> None:

@@ -22,14 +22,15 @@ from .test_transfer import put_tree
 #: bytes per listed file a stage may hold (issue #16's goal is 100; tracemalloc counts a little
 #: allocator slack, and CI may run an older or newer Python)
 PER_FILE = 150
-#: what the engine holds whatever the listing's length: its threads' state and the files in
-#: flight, at most amlfs.commit.MAX_PENDING of them queued for renaming (64 here)
-IN_FLIGHT = 1 << 20
+#: what a stage holds whatever the listing's length: its threads' state, the files in flight (at
+#: most amlfs.commit.MAX_PENDING of them queued for renaming: 64 here), --verify's 8 readers'
+#: 256 KiB buffers
+IN_FLIGHT = 4 << 20
 
 
 class Synthetic(LocalBackend):
     """A local datastore whose walk of 'ds' yields n made-up files of `size` bytes (empty ones
-    can really be staged: nothing is read)."""
+    can really be staged: nothing is read; their MD5 is the empty file's)."""
 
     def __init__(self, root: str, n: int, size: int | None = None):
         super().__init__(root)
@@ -43,7 +44,7 @@ class Synthetic(LocalBackend):
                 1000 + i if self.size is None else self.size,
                 f'"0x8DC{i:012X}"',
                 1.7e9 + i,
-                hashlib.md5(str(i).encode()).digest(),
+                hashlib.md5(b"" if self.size == 0 else str(i).encode()).digest(),
             )
 
 
@@ -81,12 +82,15 @@ def test_full_run_and_rerun_hold_little_per_listed_file(tmp_path, monkeypatch):
     try:
         first, r1 = _peak(lambda: stage(backend, "ds", out, show_progress=False))
         again, r2 = _peak(lambda: stage(backend, "ds", out, show_progress=False))
+        checked, r3 = _peak(lambda: stage(backend, "ds", out, show_progress=False, verify=True))
     finally:
         tracemalloc.stop()
     assert (r1.copied, r1.failed) == (n, [])
     assert (r2.copied, r2.skipped) == (0, n)
     assert first <= PER_FILE * n + IN_FLIGHT, first / n
     assert again <= PER_FILE * n + IN_FLIGHT, again / n
+    assert (r3.copied, r3.skipped, r3.verified, r3.failed) == (0, n, n, [])
+    assert checked <= PER_FILE * n + IN_FLIGHT, checked / n
     assert len(list(out.rglob("*.bin"))) == n
 
 
