@@ -155,9 +155,10 @@ class ListTable(Sequence[ObjectInfo]):
         for i in range(len(self)):
             yield self.info(i)
 
-    def info(self, i: int) -> ObjectInfo:
+    def info(self, i: int, name: str | None = None) -> ObjectInfo:
+        """Entry `i`; `name`: its name(i), when the caller has it already."""
         return ObjectInfo(
-            self.path(i),
+            self._head + name if name is not None else self.path(i),
             bool(self._flags[i] & _IS_DIR),
             self.sizes[i],
             self.etag(i),

@@ -103,12 +103,11 @@ class _PlannedJobs(Collection[DownloadJob]):
             i = plan.find(_COPY, i + 1)
 
     def __iter__(self) -> Iterator[DownloadJob]:
-        t = self.table
+        t, resume, none = self.table, self.resume, frozenset()
+        prefix = os.path.join(self.root, "")
         for i in self.indices():
             rel = t.name(i)
-            job = _StageJob(
-                t.info(i), os.path.join(self.root, rel), rel, self.resume.get(i, frozenset())
-            )
+            job = _StageJob(t.info(i, rel), prefix + rel, rel, resume.get(i, none))  # type: ignore[operator]
             job.index = i
             yield job
 
