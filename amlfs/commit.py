@@ -34,6 +34,9 @@ __all__ = ["PART_SUFFIX", "Committed", "Committer", "part_path", "syncfs", "unli
 PART_SUFFIX = ".amlfs-part"
 COMMIT_INTERVAL = 0.5
 COMMIT_BATCH = 512
+#: completed files queued at most: a worker that would queue more waits for the committer (each
+#: queued file holds its job; without a bound a fast disk and slow renames queue thousands)
+MAX_PENDING = 2 * COMMIT_BATCH
 
 
 @dataclass(slots=True)
@@ -93,7 +96,9 @@ class Committer:
         self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if durable else -1
         self._pending: list[tuple[str, Committed]] = []
         self._chunks: list[tuple[DownloadJob, list[int]]] = []
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)
+        self._room = threading.Condition(lock)  # the queue went below MAX_PENDING
         self._closing = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="amlfs-commit", daemon=True)
@@ -103,8 +108,15 @@ class Committer:
         """Queue the complete part file `tmp` for renaming to `done.job.dest`."""
         with self._cv:
             self._pending.append((tmp, done))
-            if len(self._pending) >= COMMIT_BATCH:
+            if len(self._pending) >= min(COMMIT_BATCH, MAX_PENDING):
                 self._cv.notify()
+            # Bounded waits: a committer that failed or stopped never holds a worker.
+            while (
+                len(self._pending) >= MAX_PENDING
+                and self._error is None
+                and self._thread.is_alive()
+            ):
+                self._room.wait(COMMIT_INTERVAL)
 
     def add_chunks(self, job: DownloadJob, indices: list[int]) -> None:
         """Report chunks written to `job`'s part file with the next batch (for stage resume)."""
@@ -115,7 +127,7 @@ class Committer:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                if not self._closing and len(self._pending) < COMMIT_BATCH:
+                if not self._closing and len(self._pending) < min(COMMIT_BATCH, MAX_PENDING):
                     self._cv.wait(COMMIT_INTERVAL)
                 closing = self._closing
             try:
@@ -130,6 +142,7 @@ class Committer:
         with self._cv:
             pending, self._pending = self._pending, []
             chunks, self._chunks = self._chunks, []
+            self._room.notify_all()
         if not pending and not chunks:
             return
         if self.durable:

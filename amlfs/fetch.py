@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from .backends.base import (
@@ -171,7 +171,7 @@ class Downloader:
     def _is_small(self, job: DownloadJob) -> bool:
         return job.info.size <= min(SMALL_FILE_MAX, self.block_size) and not job.resume_chunks
 
-    def _big_tasks(self, jobs: list[DownloadJob]) -> Iterator[tuple]:
+    def _big_tasks(self, jobs: Iterable[DownloadJob]) -> Iterator[tuple]:
         for job in jobs:
             if not self._is_small(job):
                 bf = BigFile(job, chunk_size(job.info.size, self.explicit_block))
@@ -239,7 +239,8 @@ class Downloader:
         except OSError as e:
             raise TransferStopped(LocalIOError(e, self.root), self.result) from None
         self._committer = Committer(self.root, self.durable, self.on_commit, self._rename_failed)
-        jobs = list(jobs)
+        if not isinstance(jobs, Collection):  # iterated twice below; a lazy Collection stays lazy
+            jobs = list(jobs)
         self._big_it = self._big_tasks(jobs)
         self._small_it = ((False, self._small, j) for j in jobs if self._is_small(j))
         threads = [

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from .backends.base import Backend, LocalIOError
@@ -22,19 +23,19 @@ from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
 from .fetch import Downloader, DownloadJob, chunk_size
 from .filters import KEEP_ALL, PathFilter
+from .listtable import ListTable
 from .outcome import TransferResult, TransferStopped
 from .progress import Progress, should_show
 from .stagestate import BOOT_ID, JOURNAL_NAME, STATE_NAME, StageState
-from .transfer import list_remote, safe_jobs
+from .transfer import list_remote, safe_mask
 
 log = logging.getLogger(__name__)
 
 __all__ = ["stage"]
 
 
-def _scan(root: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """Local regular files (relative name -> (size, mtime_ns)) and stray part files under root."""
-    files: dict[str, tuple[int, int]] = {}
+def _scan(root: str, on_file: Callable[[str], None] | None = None) -> list[str]:
+    """Stray part files under root (relative names); `on_file(name)` for each regular file."""
     parts: list[str] = []
     stack = [("", root)]
     while stack:
@@ -52,21 +53,97 @@ def _scan(root: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
                     parts.append(r)
                 elif not rel and e.name in (STATE_NAME, JOURNAL_NAME, STATE_NAME + ".tmp"):
                     continue
-                elif e.is_file(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
-                    files[r] = (st.st_size, st.st_mtime_ns)
-    return files, parts
+                elif on_file is not None and e.is_file(follow_symlinks=False):
+                    on_file(r)
+    return parts
+
+
+def _unchanged(path: str, size: int, mtime_ns: int) -> bool:
+    """Whether `path` is still the regular file of that size and mtime that stage wrote."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+# What stage does with each listed file (a byte per listing index).
+_OUT, _COPY, _SKIP, _CHECK = 0, 1, 2, 3
+#: local files checked against their Content-MD5 (--verify) at a time
+_CHECK_BATCH = 256
+
+
+class _StageJob(DownloadJob):
+    """A download job that knows its listing index (for the state's packed records)."""
+
+    __slots__ = ("index",)
+
+
+class _PlannedJobs(Collection[DownloadJob]):
+    """The files to copy, as DownloadJobs made when the engine asks for them: a stage of a
+    million files never holds a million job objects."""
+
+    def __init__(
+        self, table: ListTable, plan: bytearray, root: str, resume: dict[int, frozenset[int]]
+    ):
+        self.table, self.plan, self.root, self.resume = table, plan, root, resume
+
+    def __len__(self) -> int:
+        return self.plan.count(_COPY)
+
+    def __contains__(self, job: object) -> bool:
+        i = getattr(job, "index", None)
+        return isinstance(i, int) and 0 <= i < len(self.plan) and self.plan[i] == _COPY
+
+    def indices(self) -> Iterator[int]:
+        plan = self.plan
+        i = plan.find(_COPY)
+        while i >= 0:
+            yield i
+            i = plan.find(_COPY, i + 1)
+
+    def __iter__(self) -> Iterator[DownloadJob]:
+        t, resume, none = self.table, self.resume, frozenset()
+        prefix = os.path.join(self.root, "")
+        for i in self.indices():
+            rel = t.name(i)
+            job = _StageJob(t.info(i, rel), prefix + rel, rel, resume.get(i, none))  # type: ignore[operator]
+            job.index = i
+            yield job
 
 
 def _md5_path(path: str) -> bytes | None:
-    h = hashlib.md5()
     try:
         with open(path, "rb") as f:
-            while b := f.read(4 << 20):
-                h.update(b)
+            # 256 KiB reads into one buffer: f.read(n) would allocate n bytes for a small file
+            return hashlib.file_digest(f, "md5").digest()
     except OSError:
         return None
-    return h.digest()
+
+
+def _check_local(
+    table: ListTable, plan: bytearray, root: str, workers: int | None, result: TransferResult
+) -> None:
+    """--verify for the files stage would skip (plan _CHECK): compare each local copy with the
+    listing's Content-MD5; a mismatching one is copied again."""
+    i = plan.find(_CHECK)
+    with ThreadPoolExecutor(max(1, min(workers or 8, 8))) as pool:
+        while i >= 0:
+            batch = []
+            while i >= 0 and len(batch) < _CHECK_BATCH:
+                batch.append(i)
+                i = plan.find(_CHECK, i + 1)
+            dests = [os.path.join(root, table.name(k)) for k in batch]  # type: ignore[arg-type]
+            for k, dest, digest in zip(batch, dests, pool.map(_md5_path, dests), strict=True):
+                want = table.md5(k)
+                plan[k] = _SKIP
+                if want is None:
+                    result.no_md5 += 1
+                elif digest == want:
+                    result.verified += 1
+                else:
+                    log.warning("%s does not match its Content-MD5: fetching it again", dest)
+                    plan[k] = _COPY
 
 
 def _remove_empty_parents(root: str, rel: str) -> None:
@@ -147,77 +224,62 @@ def _stage(
     # then the files copied.
     progress = Progress("stage", should_show(show_progress) and not dry_run)
     try:
-        files, base = list_remote(backend, prefix, progress.listed if progress.enabled else None)
+        table, _ = list_remote(
+            backend, prefix, progress.listed if progress.enabled else None, md5=verify
+        )
         result = TransferResult()
-        named = [
-            (rel, info)
-            for rel, info in safe_jobs(files, base, root, result)
-            if rel not in (STATE_NAME, JOURNAL_NAME) and path_filter.keeps(rel)
-        ]
+        # plan[i]: what happens to listed file i; _OUT for unsafe or filtered-out names.
+        plan = safe_mask(
+            table,
+            result,
+            lambda rel: rel not in (STATE_NAME, JOURNAL_NAME) and path_filter.keeps(rel),
+        )
         if not dry_run:
             os.makedirs(root, exist_ok=True)  # first: where the state goes depends on it
-        state = StageState.load(root)
-        local, stray_parts = _scan(root)
+        state = StageState.load(root, table, plan)
 
-        jobs: list[DownloadJob] = []
-        check: list[tuple[str, DownloadJob]] = []
-        for rel, info in named:
-            dest = os.path.join(root, rel)
-            job = DownloadJob(info, dest, rel)
-            rec, have = state.files.get(rel), local.get(rel)
-            if (
-                rec is not None
-                and have is not None
-                and (rec.etag, rec.size) == (info.etag, info.size)
-                and have == (rec.size, rec.mtime_ns)
+        for i in range(len(table)):
+            if state.has(i) and _unchanged(
+                os.path.join(root, table.name(i)), table.sizes[i], state.mtime_ns(i)
             ):
-                if verify:
-                    check.append((rel, job))
-                else:
-                    result.skipped += 1
-                continue
-            part = state.parts.get(rel)
+                plan[i] = _CHECK if verify else _SKIP
+        resume: dict[int, frozenset[int]] = {}
+        for rel, part in state.parts.items():
+            i = table.index_of(rel)
             if (
-                part is not None
+                i is not None
+                and plan[i] == _COPY
                 and (part.etag, part.size, part.block_size)
-                == (info.etag, info.size, chunk_size(info.size, block_size))
-                and part_path(dest)[len(root) + 1 :] in stray_parts
+                == (table.etag(i), table.sizes[i], chunk_size(table.sizes[i], block_size))
+                and os.path.isfile(part_path(os.path.join(root, rel)))
             ):
-                job.resume_chunks = frozenset(part.chunks)
-            jobs.append(job)
+                resume[i] = frozenset(part.chunks)
 
-        if check:
-            with ThreadPoolExecutor(max(1, min(workers or 8, 8))) as pool:
-                digests = pool.map(lambda c: _md5_path(c[1].dest), check)
-                for (_, job), digest in zip(check, digests, strict=True):
-                    if job.info.content_md5 is None:
-                        result.no_md5 += 1
-                        result.skipped += 1
-                    elif digest == job.info.content_md5:
-                        result.verified += 1
-                        result.skipped += 1
-                    else:
-                        log.warning(
-                            "%s does not match its Content-MD5: fetching it again", job.dest
-                        )
-                        jobs.append(job)
+        if verify and _CHECK in plan:
+            _check_local(table, plan, root, workers, result)
+        result.skipped += plan.count(_SKIP)
 
-        remote_names = {rel for rel, _ in named}
-        deletions = (
-            sorted(r for r in local if r not in remote_names and path_filter.keeps(r))
-            if delete
-            else []
-        )
+        deletions: list[str] = []
+
+        def on_local(rel: str) -> None:
+            i = table.index_of(rel)
+            if (i is None or plan[i] == _OUT) and path_filter.keeps(rel):
+                deletions.append(rel)
+
+        stray_parts = _scan(root, on_local if delete else None) if delete or not dry_run else []
+        deletions.sort()
+        jobs = _PlannedJobs(table, plan, root, resume)
+        nfiles = len(jobs)
+        nbytes = sum(table.sizes[i] for i in jobs.indices())
 
         if dry_run:
-            for job in jobs:
-                if on_plan:
-                    on_plan("copy", job.key)
-            for rel in deletions:
-                if on_plan:
+            if on_plan:
+                for i in jobs.indices():
+                    on_plan("copy", table.name(i))  # type: ignore[arg-type]
+                for rel in deletions:
                     on_plan("delete", rel)
-            result.copied = len(jobs)
-            result.bytes = sum(j.info.size for j in jobs)
+            result.copied = nfiles
+            result.bytes = nbytes
             result.deleted = len(deletions)
             result.seconds = time.monotonic() - start
             return result
@@ -226,7 +288,10 @@ def _stage(
         state.open_journal()
         compacted = False
         try:
-            keep_parts = {part_path(j.dest)[len(root) + 1 :] for j in jobs if j.resume_chunks}
+            keep_parts = {
+                part_path(os.path.join(root, table.name(i)))[len(root) + 1 :]  # type: ignore[arg-type]
+                for i in resume
+            }
             for rel in stray_parts:
                 if rel not in keep_parts:
                     unlink_quiet(os.path.join(root, rel))
@@ -248,6 +313,8 @@ def _stage(
             def on_commit(
                 done: list[Committed], chunks: list[tuple[DownloadJob, list[int]]]
             ) -> None:
+                at: list[int | None] = [getattr(j, "index", None) for j, _ in chunks]
+                at += [getattr(c.job, "index", None) for c in done]
                 recs: list[dict] = [
                     {
                         "c": j.key,
@@ -262,9 +329,9 @@ def _stage(
                     {"f": c.job.key, "e": c.job.info.etag, "s": c.size, "m": c.mtime_ns}
                     for c in done
                 ]
-                state.append(recs, durable)
+                state.append(recs, durable, at)
 
-            progress.set_total(len(jobs), sum(j.info.size for j in jobs))
+            progress.set_total(nfiles, nbytes)
             engine = Downloader(
                 backend,
                 root,
@@ -283,7 +350,7 @@ def _stage(
                 stopped, r = e, e.result
             finally:
                 progress.close()
-                state.compact(remote_names)
+                state.compact()
                 compacted = True
         finally:
             state.close(remove_journal=compacted)

@@ -5,7 +5,9 @@ State lives beside the data, so that DIR holds exactly the remote files: `.DIR.a
 (a snapshot, replaced atomically) and `.DIR.amlfs-stage.journal` (JSON lines appended after each
 commit batch of the engine) in DIR's parent -- or inside DIR as `.amlfs-stage.json` and
 `.amlfs-stage.journal` when the parent is not writable. A flock on the journal keeps two stages
-out of one DIR.
+out of one DIR. The snapshot is one JSON document written one record a line, in listing order,
+so that it is read record by record (a million-file state is never one parsed document) and
+matched against the listing without a lookup; a snapshot of another layout is read whole.
 
 A claim ("this file is complete", "these chunks are written") is journalled only after the data
 is in the page cache and renamed; with --fsync only after syncfs. Without --fsync the claim
@@ -21,10 +23,15 @@ import fcntl
 import json
 import logging
 import os
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import IO
 
 from .commit import syncfs, unlink_quiet
 from .errors import AmlfsError
+from .listtable import ListTable
 
 log = logging.getLogger(__name__)
 
@@ -99,46 +106,99 @@ def _dirty_bytes() -> int:
     return total
 
 
-class StageState:
-    """What earlier runs completed in DIR: the snapshot plus the journal replayed over it.
+_HAS = 1  # a record: the listed ETag and size, the mtime_ns in _mtimes
+_BOOT = 2  # ... written during this boot without syncfs (not yet durable)
+#: the first line of a snapshot written by compact(): one record a line follows
+_HEAD = '{"version":' + str(STATE_VERSION) + ',"files":{'
+_PARTS = '},"parts":{'
+_str = encode_basestring_ascii  # a JSON string (json.dumps' own, in C)
 
-    The journal is opened with an exclusive flock, so two stages into one DIR refuse to run.
+
+def _str_or_null(s: str | None) -> str:
+    return "null" if s is None else _str(s)
+
+
+class StageState:
+    """What earlier runs completed in DIR, matched against this run's listing: the snapshot
+    plus the journal replayed over it, packed by listing index (9 bytes per listed file).
+
+    Only records of the files `wanted` (a byte per listing index, non-zero: takes part) are
+    kept; a record whose ETag or size differs from the listing's is dropped when loaded, as
+    it could never let a file be skipped. The journal is opened with an exclusive flock, so two
+    stages into one DIR refuse to run.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, table: ListTable, wanted: bytearray | None = None):
         self.root = root
         self.path, self.journal_path = state_paths(root)
-        self.files: dict[str, FileRecord] = {}
+        self.table = table
+        n = len(table)
+        self.wanted = wanted if wanted is not None else bytearray(b"\x01") * n
+        self._flags = bytearray(n)
+        self._mtimes = array("q", [0]) * n
+        #: records of listed files whose ETag or size is not the listing's (the file changed
+        #: during this run and was fetched again at its new ETag)
+        self._other: dict[int, FileRecord] = {}
         self.parts: dict[str, PartRecord] = {}
         self.dropped = 0
         self._journal: int = -1
+        self._next = 0  # where the next record of a snapshot in listing order should be
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def has(self, i: int) -> bool:
+        """Whether a completed file matching listing entry `i` was recorded."""
+        return bool(self._flags[i] & _HAS)
+
+    def mtime_ns(self, i: int) -> int:
+        return self._mtimes[i]
+
+    def _find(self, name: str) -> int | None:
+        """The listing index of `name` when it takes part. A snapshot written in listing order
+        matches record by record, without the hash index."""
+        t = self.table
+        i = self._next
+        if not (i < len(t) and t.name(i) == name):
+            i = t.index_of(name)
+            if i is None:
+                return None
+        self._next = i + 1
+        return i if self.wanted[i] else None
+
+    def _set(self, i: int, etag: str | None, size: int, mtime_ns: int, boot: str | None) -> None:
+        self._other.pop(i, None)
+        if size == self.table.sizes[i] and self.table.etag_is(i, etag):
+            self._flags[i] = _HAS | (_BOOT if boot else 0)
+            self._mtimes[i] = mtime_ns
+        else:
+            self._flags[i] = 0
+            self._other[i] = FileRecord(etag, size, mtime_ns, boot)
+
+    def _clear(self, i: int) -> None:
+        self._flags[i] = 0
+        self._other.pop(i, None)
 
     @classmethod
-    def load(cls, root: str) -> StageState:
-        st = cls(root)
+    def load(cls, root: str, table: ListTable, wanted: bytearray | None = None) -> StageState:
+        st = cls(root, table, wanted)
         path = st.path
         try:
             with open(path, encoding="utf-8") as f:
-                snap = json.load(f)
-            if snap.get("version") == STATE_VERSION:
-                for k, (etag, size, mtime_ns, boot) in snap.get("files", {}).items():
-                    if st._trusted(boot):
-                        st.files[k] = FileRecord(etag, size, mtime_ns, boot or None)
-                for k, (etag, size, bs, chunks, boot) in snap.get("parts", {}).items():
-                    if st._trusted(boot):
-                        st.parts[k] = PartRecord(etag, size, bs, set(chunks), boot or None)
+                st._load_snapshot(f)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError) as e:
             log.warning(
                 "ignoring unreadable stage state %s (%s): files will be re-checked", path, e
             )
-            st.files.clear()
+            st._flags = bytearray(len(table))
+            st._other.clear()
             st.parts.clear()
+        st._other.clear()  # only this run's commits go there
         try:
             with open(st.journal_path, "rb") as f:
                 for line in f:
-                    st._replay(line)
+                    st._replay_line(line)
         except FileNotFoundError:
             pass
         if st.dropped:
@@ -150,25 +210,72 @@ class StageState:
             )
         return st
 
+    def _load_snapshot(self, f: IO[str]) -> None:
+        first = f.readline()
+        if first.rstrip("\n") == _HEAD:
+            files, parts = self._snapshot_lines(f)
+        else:  # one JSON document of another layout (an older amlfs): read it whole
+            snap = json.loads(first + f.read())
+            if snap.get("version") != STATE_VERSION:
+                return
+            files, parts = iter(snap.get("files", {}).items()), snap.get("parts", {}).items()
+        for k, (etag, size, mtime_ns, boot) in files:
+            if self._trusted(boot):
+                i = self._find(k)
+                if i is not None:
+                    self._set(i, etag, size, mtime_ns, boot or None)
+        for k, (etag, size, bs, chunks, boot) in parts:
+            if self._trusted(boot):
+                self.parts[k] = PartRecord(etag, size, bs, set(chunks), boot or None)
+
+    @staticmethod
+    def _snapshot_lines(f: IO[str]) -> tuple[Iterator[tuple[str, list]], list[tuple[str, list]]]:
+        """The records of a snapshot written by compact(), one line each, streamed."""
+        parts: list[tuple[str, list]] = []
+
+        def records() -> Iterator[tuple[str, list]]:
+            section = None
+            for line in f:
+                line = line.rstrip("\n").rstrip(",")
+                if line == _PARTS:
+                    section = parts
+                    continue
+                if line == "}}":
+                    return
+                ((k, rec),) = json.loads("{" + line + "}").items()
+                if section is None:
+                    yield k, rec
+                else:
+                    section.append((k, rec))
+            raise ValueError("truncated snapshot")
+
+        it = records()
+        return it, parts
+
     def _trusted(self, boot: str | None) -> bool:
         if not boot or boot == BOOT_ID:
             return True
         self.dropped += 1
         return False
 
-    def _replay(self, line: bytes) -> None:
+    def _replay_line(self, line: bytes) -> None:
         try:
             rec = json.loads(line)
         except ValueError:
             return  # the torn last line of a killed run
+        self._replay(rec, None)
+
+    def _replay(self, rec: dict, i: int | None) -> None:
         key = rec.get("f") or rec.get("c")
         boot = rec.get("u")
         if key is not None and not self._trusted(boot):
             # This claim may be lost, and it may have replaced an older file: trust neither.
-            self.files.pop(key, None)
+            if (i := self._find(key) if i is None else i) is not None:
+                self._clear(i)
             self.parts.pop(key, None)
         elif "f" in rec:
-            self.files[rec["f"]] = FileRecord(rec["e"], rec["s"], rec["m"], boot)
+            if (i := self._find(rec["f"]) if i is None else i) is not None:
+                self._set(i, rec["e"], rec["s"], rec["m"], boot)
             self.parts.pop(rec["f"], None)
         elif "c" in rec:
             p = self.parts.get(rec["c"])
@@ -178,8 +285,11 @@ class StageState:
             if boot:
                 p.boot = boot
         elif "d" in rec:
-            self.files.pop(rec["d"], None)
+            if (i := self._find(rec["d"]) if i is None else i) is not None:
+                self._clear(i)
             self.parts.pop(rec["d"], None)
+
+    # --- writing ---------------------------------------------------------------------------
 
     def open_journal(self) -> None:
         self._journal = os.open(
@@ -194,9 +304,12 @@ class StageState:
                 raise AmlfsError(f"another amlfs stage is writing into {self.root}") from None
             raise
 
-    def append(self, records: list[dict], durable: bool) -> None:
+    def append(
+        self, records: list[dict], durable: bool, at: list[int | None] | None = None
+    ) -> None:
         """Journal `records` (one write; fdatasync'd when they claim durable data) and apply
-        them. Non-durable claims carry the boot id instead ("u")."""
+        them; `at`: their listing indices, when known. Non-durable claims carry the boot id
+        instead ("u")."""
         if not records:
             return
         if not durable:
@@ -207,29 +320,51 @@ class StageState:
         os.write(self._journal, data)
         if durable:
             os.fdatasync(self._journal)
-        for line in data.splitlines():
-            self._replay(line)
+        for r, i in zip(records, at or [None] * len(records), strict=True):
+            self._replay(r, i)
 
-    def compact(self, keep: set[str]) -> None:
-        """Replace the snapshot atomically with the current state (only keys in `keep`), then
-        empty the journal it now contains."""
-        snap = {
-            "version": STATE_VERSION,
-            "files": {
-                k: [r.etag, r.size, r.mtime_ns, r.boot or ""]
-                for k, r in self.files.items()
-                if k in keep
-            },
-            "parts": {
-                k: [p.etag, p.size, p.block_size, sorted(p.chunks), p.boot or ""]
-                for k, p in self.parts.items()
-                if k in keep
-            },
-        }
+    def _snapshot_records(self) -> Iterator[str]:
+        t, flags, mtimes, other, wanted = (
+            self.table,
+            self._flags,
+            self._mtimes,
+            self._other,
+            self.wanted,
+        )
+        tags = ('""', _str(BOOT_ID or ""))  # durable, this boot
+        for i in range(len(t)):
+            f = flags[i]
+            if f & _HAS and wanted[i]:
+                yield (
+                    f"{_str(t.name(i))}:[{_str_or_null(t.etag(i))},{t.sizes[i]},{mtimes[i]},"
+                    f"{tags[f >> 1]}]"
+                )
+            elif i in other and wanted[i]:
+                r = other[i]
+                rec = [r.etag, r.size, r.mtime_ns, r.boot or ""]
+                yield _str(t.name(i)) + ":" + json.dumps(rec, separators=(",", ":"))
+
+    def compact(self) -> None:
+        """Replace the snapshot atomically with the current state (the files that take part, one
+        record a line, in listing order), then empty the journal it now contains."""
         path = self.path
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(snap, f, separators=(",", ":"))
+            f.write(_HEAD)
+            sep = "\n"
+            for line in self._snapshot_records():
+                f.write(sep + line)
+                sep = ",\n"
+            f.write("\n" + _PARTS)
+            sep = "\n"
+            for k, p in self.parts.items():
+                i = self.table.index_of(k)
+                if i is None or not self.wanted[i]:
+                    continue
+                rec = [p.etag, p.size, p.block_size, sorted(p.chunks), p.boot or ""]
+                f.write(sep + json.dumps(k) + ":" + json.dumps(rec, separators=(",", ":")))
+                sep = ",\n"
+            f.write("\n}}\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -244,9 +379,11 @@ class StageState:
     def make_durable(self) -> None:
         """Claims of this boot become durable with one syncfs -- done when little is dirty, so
         that a later run (not the benchmark's immediate re-run) costs nothing."""
-        pending = [r for r in self.files.values() if r.boot] + [
-            p for p in self.parts.values() if p.boot
-        ]
+        pending = (
+            (_HAS | _BOOT) in self._flags
+            or any(r.boot for r in self._other.values())
+            or any(p.boot for p in self.parts.values())
+        )
         if not pending or _dirty_bytes() > CHEAP_SYNC_BYTES:
             return
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -254,8 +391,11 @@ class StageState:
             syncfs(fd)
         finally:
             os.close(fd)
-        for r in pending:
+        self._flags = self._flags.translate(bytes.maketrans(bytes([_HAS | _BOOT]), bytes([_HAS])))
+        for r in self._other.values():
             r.boot = None
+        for p in self.parts.values():
+            p.boot = None
 
     def close(self, remove_journal: bool = False) -> None:
         if self._journal >= 0:

@@ -26,6 +26,7 @@ from .backends.base import (
 from .errors import AmlfsError
 from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
 from .filters import KEEP_ALL, PathFilter
+from .listtable import ListTable
 from .outcome import FailureStreak, TransferResult, TransferStopped, error_text
 from .progress import Progress, should_show
 from .throttle import Throttle
@@ -40,6 +41,7 @@ __all__ = [
     "list_remote",
     "relative_name",
     "safe_jobs",
+    "safe_mask",
     "upload_dir",
     "upload_files",
 ]
@@ -53,39 +55,46 @@ LISTED_EVERY = 0.1
 
 
 def _counted(
-    files: Iterator[ObjectInfo], on_listed: Callable[[int, int], None]
-) -> list[ObjectInfo]:
-    """`list(files)`, calling `on_listed(files so far, their bytes)` at the first entry, then at
-    most every LISTED_EVERY seconds, and once at the end."""
-    out: list[ObjectInfo] = []
+    files: Iterator[ObjectInfo], table: ListTable, on_listed: Callable[[int, int], None]
+) -> ListTable:
+    """`files` appended to `table`, calling `on_listed(files so far, their bytes)` at the first
+    entry, then at most every LISTED_EVERY seconds, and once at the end."""
     nbytes = 0
     due = 0.0
     for info in files:
-        out.append(info)
+        table.append(info)
         nbytes += info.size
         if (now := time.monotonic()) >= due:
             due = now + LISTED_EVERY
-            on_listed(len(out), nbytes)
-    on_listed(len(out), nbytes)
-    return out
+            on_listed(len(table), nbytes)
+    on_listed(len(table), nbytes)
+    return table
 
 
 def list_remote(
-    backend: Backend, prefix: str | None, on_listed: Callable[[int, int], None] | None = None
-) -> tuple[list[ObjectInfo], str]:
+    backend: Backend,
+    prefix: str | None,
+    on_listed: Callable[[int, int], None] | None = None,
+    *,
+    md5: bool = True,
+) -> tuple[ListTable, str]:
     """Every file under the path `prefix`, and the base its relative names start from.
 
     `prefix` is a path, not a raw string prefix: a directory (everything below it) or a single
     file (base = its parent). The root ('' or None) is always a directory. NotFound when the
     path is neither. `on_listed(files, bytes)`: the running count of files listed so far (from
-    the walk's first, small page on; a listing started again counts from 0 again).
+    the walk's first, small page on; a listing started again counts from 0 again). The files
+    come as a packed ListTable (a sequence of ObjectInfo); `md5=False` leaves Content-MD5s out.
     """
     p = normpath(prefix)
 
-    def walk() -> list[ObjectInfo]:
+    def walk() -> ListTable:
+        table = ListTable(p, md5=md5)
         if on_listed is None:
-            return list(backend.walk(p))
-        return _counted(backend.walk(p), on_listed)
+            for info in backend.walk(p):
+                table.append(info)
+            return table
+        return _counted(backend.walk(p), table, on_listed)
 
     try:
         # A listing broken off by a transient failure is started again (a few times): one
@@ -94,7 +103,7 @@ def list_remote(
     except (NotFound, NotADirectory) as e:
         if not p or e.same_for_all:  # the root, or the container itself, is missing
             raise
-        files = []
+        files = ListTable(p, md5=md5)
     if files or not p:
         return files, p
     try:
@@ -102,8 +111,9 @@ def list_remote(
     except NotFound:
         raise NotFound(f"no such file or directory {p!r} in {backend.description}", p) from None
     if info.is_dir:
-        return [], p
-    return [info], p.rpartition("/")[0]
+        return files, p
+    base = p.rpartition("/")[0]
+    return ListTable(base, md5=md5, items=[info]), base
 
 
 def relative_name(path: str, base: str) -> str:
@@ -136,6 +146,36 @@ def safe_jobs(
         result.unsafe += len(clash)
         out = [(rel, info) for rel, info in out if rel not in dirs]
     return out
+
+
+def safe_mask(
+    table: ListTable, result: TransferResult, keep: Callable[[str], bool] | None = None
+) -> bytearray:
+    """safe_jobs for a packed listing: a byte per entry, 1 when the file takes part (a safe
+    local name below the table's base, no directory of the same name, and `keep(name)`)."""
+    mask = bytearray(len(table))
+    dirs: set[str] = set()
+    for i in range(len(table)):
+        rel = table.name(i)
+        if rel is None or not is_safe_relpath(rel):
+            log.warning("skipping %r: its name cannot be a safe local path", table.path(i))
+            result.unsafe += 1
+            continue
+        mask[i] = 1
+        d = rel.rpartition("/")[0]
+        while d and d not in dirs:
+            dirs.add(d)
+            d = d.rpartition("/")[0]
+    for i in range(len(table)) if dirs or keep is not None else ():
+        if mask[i]:
+            rel = table.name(i)
+            if dirs and rel in dirs:
+                log.warning("skipping file %r: a directory of the same name exists", table.path(i))
+                result.unsafe += 1
+                mask[i] = 0
+            elif keep is not None and not keep(rel):  # type: ignore[arg-type]
+                mask[i] = 0
+    return mask
 
 
 def download(
