@@ -10,6 +10,11 @@ mount of a `local` datastore beside reading its directory directly (the daemon's
 
     .venv/bin/python benchmarks/mount.py [--small] [--cases a,b] [--tools amlfs,rclone]
                                          [--backends blob,fileshare,adls]
+                                         [--repeat N] [--disk-cache]
+
+`--repeat N` runs the amlfs and rclone cases N times, interleaved, and reports medians (the
+machine is shared: compare the ratios). `--disk-cache` adds amlfs with its disk tier on (as at
+its defaults; every other amlfs row runs with --no-disk-cache).
 
 `--backends` adds amlfs-only rows (no peer reaches these servers) for an Azure File share and an
 ADLS Gen2 filesystem served by the protocol-level test servers of tests/servers, each in a child
@@ -29,6 +34,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,12 +126,14 @@ def make_data(root: Path, s: Sizes) -> None:
             (sub / f"f{i:03d}.txt").write_bytes(b"x" * (i % 97))
 
 
-def upload(az: Azurite, root: Path) -> None:
+def upload(az: Azurite, root: Path, cases: set[str]) -> None:
+    """Upload the data set (only `big/` when the cases read nothing else)."""
     svc = az.service()
     cc = svc.get_container_client(CONTAINER)
     if not cc.exists():
         cc.create_container()
-    files = [p for p in root.rglob("*") if p.is_file()]
+    top = root / "big" if cases <= {"cold_seq", "warm_seq"} else root
+    files = [p for p in top.rglob("*") if p.is_file()]
 
     def put(p: Path) -> None:
         with open(p, "rb") as f:
@@ -158,6 +166,20 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
+def settle_disk_writes(mp: str, timeout: float = 20.0) -> None:
+    """Until the daemon's count of chunks stored (or given up) stops growing for 0.5 s."""
+    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(os.path.join(mp, ".__amlfs_stats__")) as f:
+            c = json.load(f).get("counters", {})
+        now = sum(c.get(k, 0) for k in ("disk_writes", "disk_write_behind", "disk_write_skipped"))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return
+        time.sleep(0.1)
+
+
 def is_mounted(mp: str) -> bool:
     mp = os.path.realpath(mp)
     with open("/proc/self/mountinfo") as f:
@@ -185,11 +207,18 @@ class Mount:
             subprocess.run(["fusermount3", "-uz", self.mp], check=False, capture_output=True)
 
 
-def mount_amlfs(tool: str, registry: str, source: str, mp: str, cache: str) -> Mount:
+def mount_amlfs(
+    tool: str, registry: str, source: str, mp: str, cache: str, disk_dir: str | None = None
+) -> Mount:
     # --no-disk-cache: every case measures the network path (a fresh mount would read what the
-    # previous case left in the disk cache; benchmarks/diskcache.py measures that).
-    cmd = amlfs_cmd("--registry", registry, "mount", source, mp, "--cache-size", cache,
-                    "--no-disk-cache")  # fmt: skip
+    # previous case left in the disk cache; benchmarks/diskcache.py measures that). With
+    # `disk_dir` (tool amlfs-disk): the disk tier on, in that directory emptied first, so a
+    # cold read also stores every chunk, as at amlfs's defaults.
+    disk = ["--no-disk-cache"]
+    if disk_dir is not None:
+        shutil.rmtree(disk_dir, ignore_errors=True)
+        disk = ["--cache-dir", disk_dir]
+    cmd = amlfs_cmd("--registry", registry, "mount", source, mp, "--cache-size", cache, *disk)
     subprocess.run(cmd, check=True, capture_output=True)
     with open(os.path.join(mp, ".__amlfs_stats__")) as f:
         pid = json.load(f)["pid"]
@@ -305,6 +334,9 @@ class Bench:
             return mount_amlfs(tool, self.registry, "bench:", self.mp, self.args.cache_size)
         if tool == "amlfs-local":
             return mount_amlfs(tool, self.registry, "data:", self.mp, self.args.cache_size)
+        if tool == "amlfs-disk":
+            return mount_amlfs(tool, self.registry, "bench:", self.mp, self.args.cache_size,
+                               str(self.work / "diskcache"))  # fmt: skip
         assert self.az is not None
         sas = container_sas_url(self.az, CONTAINER)
         return mount_rclone(sas, self.mp, str(self.work / "rclone.log"))
@@ -318,6 +350,8 @@ class Bench:
         s0, c0, t0 = self.server_cpu(server_pid), cpu_seconds(m.pid), time.monotonic()
         out = fn()
         wall = time.monotonic() - t0
+        if m.tool == "amlfs-disk":
+            settle_disk_writes(m.mp)  # the chunks still being stored cost CPU too
         cpu = cpu_seconds(m.pid) - c0
         nbytes, ops = out if isinstance(out, tuple) else (out, 0)
         r = Result(m.tool, case, wall, cpu, nbytes, ops, vm_hwm(m.pid))
@@ -485,7 +519,22 @@ PROTOCOL_TOOLS = tuple(f"amlfs-{k}" for k in PROTOCOL_BACKENDS)
 
 
 def _find(results: list[Result], tool: str, case: str) -> Result | None:
-    return next((r for r in results if r.tool == tool and r.case == case), None)
+    """The result of `tool` on `case`; with --repeat, the medians of its runs (wall, CPU and
+    server CPU each)."""
+    runs = [r for r in results if r.tool == tool and r.case == case]
+    if len(runs) <= 1:
+        return runs[0] if runs else None
+
+    def med(xs: list) -> float | None:
+        xs = sorted(x for x in xs if x is not None)
+        return statistics.median(xs) if xs else None
+
+    m = Result(**{**asdict(runs[0]), "extra": {}})
+    m.wall = med([r.wall for r in runs]) or 0.0
+    m.cpu = med([r.cpu for r in runs])
+    m.server_cpu = med([r.server_cpu for r in runs])
+    m.note = f"median of {len(runs)}"
+    return m
 
 
 def table(results: list[Result], cache_bytes: int) -> list[str]:
@@ -530,9 +579,22 @@ def table(results: list[Result], cache_bytes: int) -> list[str]:
         if case == "cold_seq" and a and r and a.cpu and r.cpu:
             note += (f"; CPU/GiB amlfs {a.cpu / (a.nbytes / GiB):.2f}s, "
                      f"rclone {r.cpu / (r.nbytes / GiB):.2f}s")  # fmt: skip
+            if a.server_cpu is not None and r.server_cpu is not None:
+                note += f"; Azurite CPU {a.server_cpu:.2f}s vs {r.server_cpu:.2f}s"
+        if a and a.note.startswith("median"):
+            note += f" ({a.note})"
         lines.append(f"{case:<14} {f(a.wall if a else None):>11} {f(a.cpu if a else None):>10} "
                      f"{f(r.wall if r else None):>12} {f(r.cpu if r else None):>11} {ratio:>11} "
                      f"{_cpu_ratio(a, r):>10}  {note}")  # fmt: skip
+    for case in CASES:
+        d, r = _find(results, "amlfs-disk", case), _find(results, "rclone", case)
+        if d is None:
+            continue
+        ratio = f"{r.wall / d.wall:.2f}x" if r and d.wall else "-"
+        lines.append(f"{case + ' (disk)':<14} {f(d.wall):>11} {f(d.cpu):>10} "
+                     f"{f(r.wall if r else None):>12} {f(r.cpu if r else None):>11} {ratio:>11} "
+                     f"{_cpu_ratio(d, r):>10}  amlfs with its disk tier on (stores every chunk)"
+                     f"{'; ' + d.note if d.note else ''}")  # fmt: skip
     rss = [x.rss_peak for x in results if x.tool == "amlfs" and x.rss_peak]
     rrss = [x.rss_peak for x in results if x.tool == "rclone" and x.rss_peak]
     if rss:
@@ -553,7 +615,7 @@ def table(results: list[Result], cache_bytes: int) -> list[str]:
     lines.append("")
     lines.append("references (wall, CPU of the reading process):")
     for r in results:
-        if r.tool in ("amlfs", "rclone", *PROTOCOL_TOOLS):
+        if r.tool in ("amlfs", "amlfs-disk", "rclone", *PROTOCOL_TOOLS):
             continue
         extra = f"{r.nbytes / MiB / r.wall:8.0f} MiB/s" if r.nbytes and not r.ops else ""
         if r.rate:
@@ -604,6 +666,19 @@ def main() -> int:
         "are amlfs-only rows on the tests/servers protocol servers)",
     )
     p.add_argument("--workdir", help="keep data here (default: a fresh temp directory)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the amlfs and rclone cases this many times, interleaved (the table shows "
+        "medians; meant with --cases cold_seq on a busy machine)",
+    )
+    p.add_argument(
+        "--disk-cache",
+        action="store_true",
+        help="also run amlfs with its disk tier on (a fresh cache directory per mount), as at "
+        "its defaults: a cold read then stores every chunk",
+    )
     args = p.parse_args()
     args.cases = set(args.cases.split(","))
     tools = set(args.tools.split(","))
@@ -629,19 +704,23 @@ def main() -> int:
             bench.az = start_bench_azurite()
             write_registry(bench.registry, bench.az, data)
             print(f"upload to Azurite on port {bench.az.port} ...", flush=True)
-            upload(bench.az, data)
+            upload(bench.az, data, args.cases)
             print(f"ready after {time.monotonic() - t0:.0f} s", flush=True)
             if "refs" in tools:
                 bench.ceiling()
                 if "fio_rand" in args.cases:
                     bench.sdk_random()
                 bench.direct(data)
-            if "amlfs" in tools:
-                bench.tool_cases("amlfs", str(data))
             if "local" in tools:
                 bench.tool_cases("amlfs-local", str(data))
-            if "rclone" in tools:
-                bench.tool_cases("rclone", str(data))
+            order = [t for t in ("amlfs", "rclone") if t in tools]
+            if args.disk_cache and "amlfs" in tools:
+                order.insert(1, "amlfs-disk")
+            for i in range(max(1, args.repeat)):
+                if args.repeat > 1:
+                    print(f"round {i + 1} of {args.repeat}", flush=True)
+                for tool in order:
+                    bench.tool_cases(tool, str(data))
         for kind in PROTOCOL_BACKENDS:
             if kind in backends:
                 bench.protocol_cases(kind, data)

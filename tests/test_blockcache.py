@@ -235,3 +235,40 @@ def test_a_read_inside_one_extent_is_a_read_only_view_that_outlives_eviction():
     fetch(c, "h", 50, 100)
     joined = c.get("h", '"e"', 40, 60)
     assert isinstance(joined, bytes) and joined == b"\x00" * 10 + b"\x32" * 10
+
+
+def test_spent_extents_beyond_keep_give_their_buffers_to_new_fetches():
+    stats = Stats()
+    c = cache_of(1024 * KiB, stats)
+    exts = [fetch(c, "f", i * 100, (i + 1) * 100) for i in range(4)]
+    for e in exts[:3]:
+        c.spend(e)
+    # (ids: a reference held here would itself keep a buffer from being recycled)
+    id0, id1 = id(exts[0].data), id(exts[1].data)
+    assert id(c.recycle(100, keep=100)) == id0  # the oldest spent one
+    assert c.get("f", '"e"', 0, 100) is None and not exts[0].cached and exts[0].data is None
+    assert c.budget.used["cache"] == 300 and c.budget.used["inflight"] == 100
+    assert stats.counters["cache_bytes"] == 300
+    assert id(c.recycle(100, keep=100)) == id1
+    assert c.recycle(100, keep=100) is None  # 100 spent bytes left: kept
+    assert c.get("f", '"e"', 200, 400) == b"\xc8" * 100 + b"\x2c" * 100
+    assert stats.counters["buffers_recycled"] == 2
+    assert c.budget.used["cache"] == 200 and c.budget.used["inflight"] == 200
+
+
+def test_a_buffer_in_use_pinned_read_again_or_of_another_size_is_not_recycled():
+    c = cache_of(1024 * KiB)
+    a, b, d, e = (fetch(c, "f", i * 100, (i + 1) * 100) for i in range(4))
+    for x in (a, b, d, e):
+        c.spend(x)
+    view = c.get("f", '"e"', 0, 50)  # a memoryview of a's buffer, still alive
+    assert c.get("f", '"e"', 100, 150) is not None  # b is read again: not spent any more
+    c.pin(d)
+    id_e = id(e.data)
+    assert id(c.recycle(100, keep=0)) == id_e  # a (viewed) and b (read again) were passed over
+    assert view == b"\x00" * 50 and a.cached and b.cached  # both still cached, intact
+    assert c.recycle(100, keep=0) is None  # d is pinned
+    c.unpin(d)  # unpinned, it is spent again
+    assert c.recycle(60, keep=0) is None  # no buffer of that size: d stays cached
+    assert d.cached and c.get("f", '"e"', 200, 300) == b"\xc8" * 100
+    assert c.budget.used["cache"] == 300 and c.budget.used["inflight"] == 100

@@ -222,6 +222,34 @@ def test_sequential_read_fetches_each_byte_once_in_block_sized_gets(chunk):
     assert r._readahead.window > SMALL.initial_window  # it starved at least once, then grew
 
 
+def test_a_long_sequential_read_recycles_the_buffers_it_has_read_past():
+    """Past `spent_keep`, the blocks a sequential reader has read give their buffers to its next
+    fetches: the right bytes, each fetched once, memory within the budget, and a re-read of a
+    recycled block fetches it again (the kernel's page cache serves those on a mount)."""
+    size = 3 * MiB + 77
+    data = pattern(size, seed=3)
+    backend = IntoBackend({"f": data})
+    config = DataPathConfig(
+        block_size=64 * KiB, cache_bytes=1 * MiB, initial_window=64 * KiB, spent_keep=128 * KiB
+    )
+    stats = Stats()
+
+    async def body(dp):
+        r = dp.open("f", backend.info("f"))
+        assert await read_all(r, 32 * KiB) == data
+        assert dp.budget.total <= config.cache_bytes
+        assert bytes(await r.read(0, 100)) == data[:100]
+        r.close()
+
+    run_with_datapath(backend, config, body, stats)
+    # (every fetch here is one 64 KiB block, so nearly every one past the first few can reuse
+    # a spent buffer; half of them leaves room for a loaded machine's timing)
+    assert stats.counters["buffers_recycled"] >= size // config.block_size // 2
+    calls = backend.calls_for("f")
+    assert sum(n for o, n in calls if o > 0) == size - config.block_size  # once each
+    assert [o for o, _ in calls].count(0) == 2  # the first block, recycled, then read again
+
+
 class IntoBackend(ModelBackend):
     """A backend that receives into the caller's buffer, recording which entry point was used."""
 

@@ -16,6 +16,14 @@ Budget: resident extents are charged to the budget's "cache" account, given back
 forgotten. The data path charges a fetch's buffer to "inflight" and moves it to "cache" when
 `complete` keeps the extent.
 
+Spent extents and recycled buffers: an extent that a sequential reader has read past is "spent"
+(`spend`); the kernel's page cache and the disk tier hold those bytes for a re-read. Beyond the
+`keep` most recent spent bytes, `recycle` hands a spent extent's buffer to a new fetch of the
+same size (its charge moves to "inflight"), so a long sequential read reuses a few windows of
+memory instead of faulting in fresh pages for every byte (zeroing a fresh page costs about as
+much kernel CPU as the socket's copy of the same bytes). A buffer is only recycled when nothing
+else refers to it (a memoryview handed out by `assemble`, a worker thread still writing).
+
 Concurrency contract: the trio thread only; no method awaits except `Extent.wait_filled`, so a
 lookup and the update that depends on it are atomic.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -59,6 +68,7 @@ class Extent:
         "cached",
         "pins",
         "fetch",
+        "spent",
     )
 
     def __init__(self, path: str, etag: str | None, start: int, end: int, prefetch: bool):
@@ -75,6 +85,7 @@ class Extent:
         self.cached = False  # resident (in the LRU or pinned)
         self.pins = 0  # handles that are going to read it
         self.fetch: Any = None  # the data path's fetch while in flight
+        self.spent = False  # a sequential reader has read past it (see BlockCache.spend)
 
     @property
     def size(self) -> int:
@@ -150,6 +161,8 @@ class BlockCache:
         self._lru_bytes = 0
         self._resident = 0
         self._files: dict[str, dict[str | None, _FileIndex]] = {}
+        self._spent: OrderedDict[Key, Extent] = OrderedDict()  # in the LRU, oldest spent first
+        self._spent_bytes = 0
         budget.add_evictor(self._evict, lambda: self._lru_bytes)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -212,6 +225,8 @@ class BlockCache:
             key = (ext.path, ext.etag, ext.start)
             if key in self._lru:
                 self._lru.move_to_end(key)
+            if ext.spent:  # read again: an ordinary cached extent once more
+                self._unspend(ext)
             if ext.prefetched:
                 ext.prefetched = False
                 self.stats.incr("prefetch_hits")
@@ -266,6 +281,51 @@ class BlockCache:
             self._lru_put(ext)
             self.budget.settle()
 
+    # --- spent extents, recycled buffers -----------------------------------------------------
+
+    def spend(self, ext: Extent) -> None:
+        """A sequential reader has read past `ext`: once nobody pins it, its buffer may be
+        recycled (see `recycle`). Reading it again makes it an ordinary cached extent."""
+        if ext.cached and not ext.spent:
+            ext.spent = True
+            if ext.pins == 0:
+                self._spent_put(ext)
+
+    def recycle(self, n: int, keep: int) -> bytearray | None:
+        """The buffer of the oldest spent extent, when more than `keep` spent bytes are cached
+        and it is `n` bytes long and nothing else refers to it: the extent leaves the cache and
+        its charge moves from "cache" to "inflight" (the caller's new fetch's). None: take new
+        memory. A spent extent that does not fit is kept as an ordinary cached one."""
+        while self._spent_bytes > keep:
+            ext = next(iter(self._spent.values()))
+            self._unspend(ext)
+            buf = ext.data
+            # 3: ext.data, `buf`, getrefcount's argument. More: a memoryview of it is alive.
+            if ext.size != n or buf is None or sys.getrefcount(buf) != 3:
+                continue
+            self._lru_pop(ext)
+            self._unindex(ext)
+            ext.cached = False
+            ext.data = None
+            self._resident -= ext.size
+            self.budget.move("cache", "inflight", n)
+            self.stats.incr("buffers_recycled")
+            self._gauge()
+            return buf
+        return None
+
+    def _unspend(self, ext: Extent) -> None:
+        ext.spent = False
+        self._spent_pop(ext)
+
+    def _spent_put(self, ext: Extent) -> None:
+        self._spent[(ext.path, ext.etag, ext.start)] = ext
+        self._spent_bytes += ext.size
+
+    def _spent_pop(self, ext: Extent) -> None:
+        if self._spent.pop((ext.path, ext.etag, ext.start), None) is not None:
+            self._spent_bytes -= ext.size
+
     # --- invalidation --------------------------------------------------------------------------
 
     def forget(self, path: str, etag: str | None = None, *, all_versions: bool = True) -> None:
@@ -299,6 +359,7 @@ class BlockCache:
         while freed < n and self._lru:
             _, ext = self._lru.popitem(last=False)
             self._lru_bytes -= ext.size
+            self._spent_pop(ext)
             if ext.prefetched:
                 self.stats.incr("prefetch_evicted_unread")
             freed += ext.size
@@ -321,8 +382,11 @@ class BlockCache:
     def _lru_put(self, ext: Extent) -> None:
         self._lru[(ext.path, ext.etag, ext.start)] = ext
         self._lru_bytes += ext.size
+        if ext.spent:
+            self._spent_put(ext)
 
     def _lru_pop(self, ext: Extent) -> None:
+        self._spent_pop(ext)
         if self._lru.pop((ext.path, ext.etag, ext.start), None) is not None:
             self._lru_bytes -= ext.size
 

@@ -62,6 +62,9 @@ class DataPathConfig:
     read_timeout: float = 60.0  # a read never waits longer: then BackendError(EIO) "timed out"
     max_inflight: int = 16  # concurrent backend reads issued by the data path
     small_file_prefetch: int = 16  # how many following small files prefetch_files may fetch ahead
+    #: spent bytes (extents sequential readers have read past) kept cached before their buffers
+    #: are recycled for new fetches (BlockCache.recycle)
+    spent_keep: int = 32 * MiB
 
     def __post_init__(self) -> None:
         for name in ("block_size", "cache_bytes", "initial_window", "max_window", "max_inflight"):
@@ -69,8 +72,8 @@ class DataPathConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.read_timeout <= 0:
             raise ValueError(f"read_timeout must be positive, not {self.read_timeout!r}")
-        if self.small_file_prefetch < 0:
-            raise ValueError("small_file_prefetch may not be negative")
+        if self.small_file_prefetch < 0 or self.spent_keep < 0:
+            raise ValueError("small_file_prefetch and spent_keep may not be negative")
 
     @property
     def window_cap(self) -> int:
@@ -215,13 +218,18 @@ class DataPath:
             lo, hi = item
             while lo < hi:
                 stop = min(hi, (lo // bs + 1) * bs)
-                if priority == DEMAND:
+                # A spent extent's buffer, already charged and its pages already touched; else
+                # new memory from the budget.
+                buf = self.cache.recycle(stop - lo, self.config.spent_keep)
+                if buf is not None:
+                    pass
+                elif priority == DEMAND:
                     self.budget.take("inflight", stop - lo)
                 elif not self.budget.try_take("inflight", stop - lo):
                     self.stats.incr("prefetch_refused")
                     out.refused_at = lo
                     return out
-                fetch = self.fetcher.start(path, etag, lo, stop, priority, size)
+                fetch = self.fetcher.start(path, etag, lo, stop, priority, size, buf)
                 fetch.owners.add(owner)
                 out.fetches.append(fetch)
                 out.extents.append(fetch.extent)
@@ -336,18 +344,24 @@ class FileReader:
         for fetch in waiting:
             dp.fetcher.promote(fetch)
             fetch.waiters += 1
+        # Pinned while waiting: an extent that is ready already must not be evicted and its
+        # buffer recycled before the bytes are assembled.
+        for ext in needed:
+            dp.cache.pin(ext)
         try:
             for ext in needed:
                 await ext.wait_filled(min(end, ext.end))
                 if ext.error is not None:
                     err = ext.error
                     raise type(err)(err.message, err.path)
+            return dp.cache.assemble(needed, offset, end)
         finally:
+            for ext in needed:
+                dp.cache.unpin(ext)
             for fetch in waiting:
                 fetch.waiters -= 1
                 if fetch.pending and not fetch.wanted:
                     dp.fetcher.release(fetch, self)
-        return dp.cache.assemble(needed, offset, end)
 
     def close(self) -> None:
         """Cancel what this handle asked for (fetches others want keep going); unpin."""
@@ -366,10 +380,15 @@ class FileReader:
 
     def _unpin_passed(self, offset: int) -> None:
         """Stop pinning the extents wholly behind this read: they stay cached, as the most
-        recently used, but may be evicted (a reordered read that finds one gone refetches it)."""
+        recently used, but may be evicted (a reordered read that finds one gone refetches it),
+        and a sequential reader's are spent (their buffers may be recycled: BlockCache.spend)."""
+        cache = self._dp.cache
+        stream = not self._readahead.random
         for ext in [e for e in self._pinned if e.end <= offset]:
             self._pinned.discard(ext)
-            self._dp.cache.unpin(ext)
+            cache.unpin(ext)
+            if stream:
+                cache.spend(ext)
 
     def _let_go(self, queued_only: bool) -> None:
         """Let go of read-ahead: cancel queued (with `queued_only`) or all in-flight fetches

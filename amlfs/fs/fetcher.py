@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,6 +48,12 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 4.0
 #: blocks remembered for storing later while the disk writer is behind, at most
 DEFER_MAX = 4096
+#: while no reader waits for a fetch's bytes, its worker thread tells the trio thread about
+#: progress only every QUIET_BYTES or QUIET_SECONDS (the idle deadline); with a reader waiting,
+#: at every piece the backend reports. Each report wakes the trio thread: a 1 GiB read made
+#: 4096 of them, mostly for prefetches nobody was waiting for yet.
+QUIET_BYTES = 16 << 20
+QUIET_SECONDS = 1.0
 
 
 class Fetch:
@@ -147,11 +154,20 @@ class Fetcher:
             yield
 
     def start(
-        self, path: str, etag: str | None, lo: int, hi: int, priority: int, size: int | None = None
+        self,
+        path: str,
+        etag: str | None,
+        lo: int,
+        hi: int,
+        priority: int,
+        size: int | None = None,
+        buf: bytearray | None = None,
     ) -> Fetch:
         """A fetch of [lo, hi) of an object of `size` bytes, indexed in the cache; its buffer
-        must already be charged to the budget ("inflight")."""
+        (`buf`, hi - lo bytes to overwrite, or new) must already be charged to the budget
+        ("inflight")."""
         ext = self.cache.add(path, etag, lo, hi, prefetch=priority != DEMAND)
+        ext.data = buf
         fetch = ext.fetch = Fetch(ext, priority, size)
         if priority == FILES:
             self.files_pending += 1
@@ -257,7 +273,7 @@ class Fetcher:
         disk = self.disk
         if disk is None or fetch.size is None or ext.etag is None or not disk.usable(ext.etag):
             return False
-        buf = bytearray(ext.size)
+        buf = ext.data if ext.data is not None and ext.filled == 0 else bytearray(ext.size)
         fetch.started = True
         try:
             hit = await disk.read(ext.path, ext.etag, fetch.size, ext.start, buf)
@@ -387,7 +403,16 @@ class Fetcher:
                 ext.advance(base + n)
                 idle.deadline = max(idle.deadline, trio.current_time() + timeout)
 
+        told = [0, time.monotonic()]  # worker thread: last reported (bytes, when)
+
         def progress(n: int) -> None:  # worker thread
+            # `fetch.waiters` is the trio thread's; reading a stale value here is harmless: a
+            # reader that starts waiting is told at the next piece (or when the fetch ends).
+            if not fetch.waiters and n - told[0] < QUIET_BYTES and n < ext.size - base:
+                now = time.monotonic()
+                if now - told[1] < QUIET_SECONDS:
+                    return
+            told[0], told[1] = n, time.monotonic()
             try:
                 token.run_sync_soon(on_progress, n)
             except trio.RunFinishedError:
