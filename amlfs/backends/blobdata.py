@@ -239,21 +239,32 @@ class BlobData:
 
         bc = self._cc.get_blob_client(rel)
         conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
-        return self._call(
-            rel,
-            lambda: upload_blocks(
+
+        def put_block(block_id: str, data: bytearray, _: Any) -> Any:
+            # The SDK hashes a block itself (validate_content), of bytes only.
+            body = bytes(data) if self.block_md5 else data
+            return self._call(
                 rel,
-                stream,
-                length,
-                block_size=self.upload_block_size,
-                sender=self._blocks,
-                # The SDK hashes a block itself (validate_content).
-                put_block=lambda i, d, _: bc.stage_block(
-                    i, d, length=len(d), validate_content=self.block_md5
+                lambda: bc.stage_block(
+                    block_id, body, length=len(data), validate_content=self.block_md5
                 ),
-                commit=lambda ids, m: bc.commit_block_list(
-                    ids, content_settings=ContentSettings(content_md5=bytearray(m)), **conditions
-                ),
-                block_md5=False,
-            ),
+            )
+
+        def commit(ids: list[str], md5: bytes) -> Any:
+            settings = ContentSettings(content_md5=bytearray(md5))
+            return self._call(
+                rel, lambda: bc.commit_block_list(ids, content_settings=settings, **conditions)
+            )
+
+        # Only the requests go through _call: a failing read of the source is the source's
+        # OSError (as on the lean path), not a network error.
+        return upload_blocks(
+            rel,
+            stream,
+            length,
+            block_size=self.upload_block_size,
+            sender=self._blocks,
+            put_block=put_block,
+            commit=commit,
+            block_md5=False,
         )
