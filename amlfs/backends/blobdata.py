@@ -240,9 +240,10 @@ class BlobData:
         bc = self._cc.get_blob_client(rel)
         conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
 
-        def put_block(block_id: str, data: bytearray, _: Any) -> Any:
-            # The SDK hashes a block itself (validate_content), of bytes only.
-            body = bytes(data) if self.block_md5 else data
+        def put_block(block_id: str, data: memoryview, _: Any) -> Any:
+            # The SDK hashes a block itself (validate_content), of bytes only; the buffer is
+            # reused once this returns, so the SDK (which may keep it for a retry) gets a copy.
+            body = bytes(data)
             return self._call(
                 rel,
                 lambda: bc.stage_block(

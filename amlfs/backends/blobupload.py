@@ -66,6 +66,11 @@ class UploadBudget:
             self.peak = max(self.peak, self.used)
             return True
 
+    @property
+    def waiting(self) -> bool:
+        """Whether someone waits for room."""
+        return self._waiting > 0
+
     def release(self, n: int) -> None:
         with self._cond:
             self.used -= n
@@ -136,7 +141,7 @@ def upload_blocks(
     *,
     block_size: int,
     sender: BlockSender,
-    put_block: Callable[[str, bytearray, bytes | None], Any],
+    put_block: Callable[[str, memoryview, bytes | None], Any],
     commit: Callable[[list[str], bytes], dict[str, Any]],
     block_md5: bool = True,
 ) -> tuple[dict[str, Any], bytes]:
@@ -147,50 +152,64 @@ def upload_blocks(
     of one blob never commit each other's blocks); the first error raises, and nothing is
     committed then."""
     block = block_size_for(length, block_size)
+    size = min(block, length)  # every buffer's size (the last block uses part of one)
     budget = sender.budget
     prefix = uuid.uuid4().hex
     md5 = hashlib.md5()
     ids: list[str] = []
-    inflight: deque[tuple[Future, int]] = deque()
+    # The buffers are this upload's, in flight or just sent, and so is their share of the
+    # budget (`held`): a sent block's buffer takes the next block (no fresh pages to fault in).
+    inflight: deque[tuple[Future, bytearray]] = deque()
+    held = 0
 
-    def send(block_id: str, data: bytearray, n: int) -> Any:
-        try:
-            digest = hashlib.md5(data).digest() if block_md5 else None
-            return put_block(block_id, data, digest)
-        finally:
-            budget.release(n)
+    def send(block_id: str, data: memoryview) -> Any:
+        digest = hashlib.md5(data).digest() if block_md5 else None
+        return put_block(block_id, data, digest)
+
+    def sent() -> bytearray:
+        """The oldest block's buffer, once it is sent (its error raised)."""
+        fut, buf = inflight[0]
+        fut.result()
+        inflight.popleft()
+        return buf
+
+    def take() -> bytearray:
+        """A buffer for the next block: one of a block already sent; a new one while the
+        budget has room (one always: waiting for it when this upload holds none) and this
+        file has fewer than its limit in flight; else the oldest block's, once sent."""
+        nonlocal held
+        while inflight and inflight[0][0].done():
+            buf = sent()
+            if not (budget.waiting and inflight):
+                return buf
+            held -= size  # others wait for room: give this one back
+            budget.release(size)
+        if len(inflight) < sender.per_file and budget.acquire(size, wait=not inflight):
+            held += size
+            return bytearray(size)
+        return sent()
 
     remaining = length
     try:
         while remaining > 0:
             n = min(block, remaining)
-            # One block of room always (waiting for it if this file has none in flight), more
-            # only while the budget has room: else wait for this file's oldest block.
-            while len(inflight) >= sender.per_file or not budget.acquire(n, wait=not inflight):
-                inflight.popleft()[0].result()
-            try:
-                buf = bytearray(n)
-                got = fill(stream, memoryview(buf))
-                if got != n:
-                    raise source_ended(rel, length - remaining + got, length)
-                md5.update(buf)
-                block_id = f"{prefix}{len(ids):08d}"
-                fut = sender.submit(send, block_id, buf, n)
-            except BaseException:
-                budget.release(n)
-                raise
-            del buf
+            buf = take()
+            view = memoryview(buf)[:n]
+            got = fill(stream, view)
+            if got != n:
+                raise source_ended(rel, length - remaining + got, length)
+            md5.update(view)
+            block_id = f"{prefix}{len(ids):08d}"
+            inflight.append((sender.submit(send, block_id, view), buf))
             ids.append(block_id)
-            inflight.append((fut, n))
             remaining -= n
         while inflight:
-            inflight[0][0].result()
-            inflight.popleft()
+            sent()
     finally:
-        for f, n in inflight:
-            if f.cancel():  # never started: its bytes are free now
-                budget.release(n)
-            # those already sending finish on their own (bounded by their timeouts) and free
-            # their bytes then
+        for fut, _ in inflight:
+            if not fut.cancel():  # sending: its bytes are free when it ends
+                held -= size
+                fut.add_done_callback(lambda _: budget.release(size))
+        budget.release(held)
     digest = md5.digest()
     return commit(ids, digest), digest
