@@ -50,7 +50,9 @@ from .base import (
 from .blobdata import BlobData
 from .blobget import BlobFastPath, lean_credential
 from .bloblist import ListedPrefix
-from .blobupload import DEFAULT_UPLOAD_MEMORY, BlockSender, UploadBudget
+from .blobupload import DEFAULT_UPLOAD_MEMORY, MAX_BLOCKS, BlockSender, UploadBudget
+
+__all__ = ["MAX_BLOCKS", "BlobBackend"]  # MAX_BLOCKS: blobwrite.py imports it from here
 
 log = logging.getLogger(__name__)
 
