@@ -11,6 +11,7 @@ seconds over the run (/proc). Every output tree is checked (file count, bytes).
     .venv/bin/python benchmarks/realnet.py                     # 2000 x 128 KiB + 1 GiB, 3 reps
     .venv/bin/python benchmarks/realnet.py --small --reps 1    # 200 files + 64 MiB
     .venv/bin/python benchmarks/realnet.py --delay-ms 20 --mbps 60 --cases download
+    .venv/bin/python benchmarks/realnet.py --cases upload --parts big   # the 1 GiB upload only
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def main() -> None:
     ap.add_argument("--mbps", type=float, default=60.0, help="cap per connection (MB/s)")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--cases", default="download,upload", help="download, upload")
+    ap.add_argument("--parts", default="small,big", help="small (the N files), big (one file)")
     args = ap.parse_args()
+    parts = [p for p in ("small", "big") if p in args.parts.split(",")]
     tools = [t for t in args.tools.split(",") if t]
     cases = [c for c in args.cases.split(",") if c]
     n_small = args.files or (200 if args.small else 2000)
@@ -108,7 +111,7 @@ def main() -> None:
         containers = ["data"]
         az.service().create_container("data")
         direct = write_registry(os.path.join(work, "direct.yaml"), az.account_url, containers)
-        for part in ("small", "big"):  # the download source, loaded without the proxy
+        for part in parts if "download" in cases else ():  # the download source, direct
             timed("amlfs", "load", amlfs_cmd("--registry", direct, "upload", str(src / part),
                                              f"data:{part}", "--no-progress"))  # fmt: skip
         with NetProxy(az.port, delay=args.delay_ms / 1000, rate=args.mbps * 1e6) as proxy:
@@ -133,7 +136,7 @@ def main() -> None:
                       f"  azurite {nt.azurite_cpu:5.2f}  proxy {nt.proxy_cpu:5.2f}", flush=True)  # fmt: skip
 
             for rep in range(args.reps):
-                for part in ("small", "big"):
+                for part in parts:
                     if "download" in cases:
                         sas = container_sas_url(Via, "data")  # type: ignore[arg-type]
                         base, query = sas.split("?", 1)

@@ -168,6 +168,12 @@ def main() -> None:
         help="comma-separated subset of blob,fileshare,adls (default blob; fileshare and adls "
         "are amlfs-only stage rows on the tests/servers protocol servers)",
     )
+    ap.add_argument(
+        "--cases",
+        default="upload,download,stage",
+        help="a subset of these (blob; download and stage read what the first upload wrote)",
+    )
+    ap.add_argument("--parts", default="small,big", help="uploads of: small (N files), big")
     args = ap.parse_args()
     backends = [x for x in args.backends.split(",") if x]
     if not backends:
@@ -239,12 +245,13 @@ def blob_cases(
 
     # --- upload: each tool into its own container, every repetition a fresh one --------
     print("upload", flush=True)
-    for rep in range(args.reps):
+    parts = [(f"upload {p}", p) for p in ("small", "big") if p in args.parts.split(",")]
+    for rep in range(args.reps if "upload" in args.cases else 0):
         for tool in ("amlfs", "rclone", "azcopy"):
             c = data if (tool, rep) == ("amlfs", 0) else b.container(f"up-{tool}-{rep}")
             csas = b.sas(c)
             cbase, cquery = csas.split("?", 1)
-            for case, part in (("upload small", "small"), ("upload big", "big")):
+            for case, part in parts:
                 settle()
                 if tool == "amlfs":
                     cmd = b.amlfs("upload", str(src / part), f"{c.replace('-', '_')}:{part}")
@@ -294,7 +301,7 @@ def blob_cases(
 
     # --- download -----------------------------------------------------------------------
     print("download", flush=True)
-    for _rep in range(args.reps):
+    for _rep in range(args.reps if "download" in args.cases else 0):
         for part, want in (("small", want_small), ("big", want_big)):
             for tool in tools:
                 dest = os.path.join(work, f"dl-{tool}")
@@ -310,7 +317,7 @@ def blob_cases(
 
     # --- stage: first run of everything, then a re-run with nothing changed --------------
     print("stage", flush=True)
-    for _rep in range(args.reps):
+    for _rep in range(args.reps if "stage" in args.cases else 0):
         for tool in tools:
             dest = os.path.join(work, f"st-{tool}")
             drop_dir(dest)

@@ -9,14 +9,11 @@ over 255 bytes) never appear in listings or walks; each is logged once.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import logging
 import threading
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..credentials import ResolvedCredential, sdk_credential
@@ -37,18 +34,12 @@ from .azure import (
     file_path,
     is_folder,
     quoted_etag,
-    read_exact,
     timestamp,
     unresolved_message,
 )
 from .base import (
     FIRST_PAGE,
-    Abort,
-    Aborted,
-    AlreadyExists,
-    BackendError,
     Forbidden,
-    InvalidName,
     NotADirectory,
     NotFound,
     ObjectInfo,
@@ -56,12 +47,14 @@ from .base import (
     is_safe_relpath,
     normpath,
 )
-from .blobget import BlobFastPath, HttpStatusError, lean_credential
+from .blobdata import BlobData
+from .blobget import BlobFastPath, lean_credential
 from .bloblist import ListedPrefix
+from .blobupload import DEFAULT_UPLOAD_MEMORY, MAX_BLOCKS, BlockSender, UploadBudget
+
+__all__ = ["MAX_BLOCKS", "BlobBackend"]  # MAX_BLOCKS: blobwrite.py imports it from here
 
 log = logging.getLogger(__name__)
-
-MAX_BLOCKS = 50_000  # per block blob
 
 
 def _is_folder_marker(size: int | None, metadata: dict[str, str] | None) -> bool:
@@ -86,15 +79,10 @@ def _dir_info(path: str, props: Any = None) -> ObjectInfo:
     )
 
 
-def _source_ended(rel: str, got: int, length: int) -> BackendError:
-    return BackendError(
-        f"{rel!r}: the source ended after {got} of {length} bytes; nothing was written", rel
-    )
-
-
-class BlobBackend(AzureBackend):
+class BlobBackend(BlobData, AzureBackend):
     """One blob container. Thread-safe: the SDK clients and the HTTP session are shared by all
-    threads; the connection pool is sized for `max_connections` concurrent requests."""
+    threads; the connection pool is sized for `max_connections` concurrent requests. Reads and
+    uploads of data: blobdata.py."""
 
     def __init__(
         self,
@@ -105,7 +93,9 @@ class BlobBackend(AzureBackend):
         account_name: str | None = None,
         block_size: int = 8 * MiB,
         upload_block_size: int = 8 * MiB,
-        upload_concurrency: int = 4,
+        upload_concurrency: int = 16,
+        upload_memory: int = DEFAULT_UPLOAD_MEMORY,
+        block_md5: bool = True,
         retry_total: int = 3,
         retry_backoff: float = 1.0,
         connection_timeout: float = 30.0,
@@ -118,7 +108,10 @@ class BlobBackend(AzureBackend):
         ranged reads and listings otherwise, through a CONNECT tunnel where an HTTP proxy
         applies). `retry_total=0`: no retries here, for a caller that retries itself.
         `api_version`: the x-ms-version to send (None: the SDK's newest; an emulator may want an
-        older one)."""
+        older one). Uploads: a large file keeps up to `upload_concurrency` blocks in flight,
+        and all uploads together hold at most `upload_memory` bytes of buffers (one block per
+        file at least: blobupload.py); `block_md5`: each block carries a Content-MD5 that the
+        service checks (a second MD5 pass over the data)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -127,6 +120,10 @@ class BlobBackend(AzureBackend):
         self.block_size = block_size
         self.upload_block_size = upload_block_size
         self.upload_concurrency = max(1, upload_concurrency)
+        self.block_md5 = block_md5
+        self._blocks = BlockSender(
+            UploadBudget(upload_memory), upload_block_size, self.upload_concurrency
+        )
         # Uploads up to this size go in one Put Blob (read whole, so Content-MD5 can lead).
         self.single_put_size = upload_block_size
         self.page_size = PAGE_SIZE
@@ -180,9 +177,9 @@ class BlobBackend(AzureBackend):
                 (account_name, max_conns, conn_timeout, read_timeout, retries, backoff, version) = (
                     self._sdk_args
                 )
-                # Each caller may have upload_concurrency block uploads in flight.
+                # Callers' requests, and the block sender's threads (blobupload.py).
                 transport, session = pooled_transport(
-                    max_conns * self.upload_concurrency, conn_timeout, read_timeout
+                    max_conns + self._blocks.threads, conn_timeout, read_timeout
                 )
                 try:
                     self._sdk = ContainerClient(
@@ -443,192 +440,6 @@ class BlobBackend(AzureBackend):
         if not seen and rel:
             self._require_marker(rel)
 
-    # --- data ------------------------------------------------------------------------------------
-
-    def read_range(self, path: str, offset: int, length: int, etag: str | None = None) -> bytes:
-        rel = normpath(path)
-        if length <= 0:
-            return b""
-        if self._fast is not None:
-            fast = self._fast
-            buf = bytearray(length)
-            n = self._fast_read(
-                rel, length, lambda r: fast.read_into(r, offset, memoryview(buf), etag)
-            )
-            return bytes(buf) if n == length else bytes(buf[:n])
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
-
-        kwargs: dict[str, Any] = {}
-        if etag is not None:
-            kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-        bc = self._cc.get_blob_client(rel)
-        try:
-            return bc.download_blob(
-                offset=offset, length=length, max_concurrency=1, **kwargs
-            ).readall()
-        except HttpResponseError as e:
-            if e.status_code == 416:  # offset at or past the end
-                return b""
-            raise self._map_error(e, rel) from None
-        except Exception as e:
-            raise self._map_error(e, rel) from None
-
-    def read_range_into(
-        self,
-        path: str,
-        offset: int,
-        buf: memoryview,
-        etag: str | None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-        abort: Abort | None = None,
-    ) -> int:
-        """Streams into `buf` on the lean path: `progress` as the body arrives, and `abort`
-        shuts the connection down (see Backend.read_range_into)."""
-        if self._fast is None:
-            return super().read_range_into(path, offset, buf, etag, progress=progress, abort=abort)
-        fast = self._fast
-        return self._fast_read(
-            path,
-            len(buf),
-            lambda rel: fast.read_into(rel, offset, buf, etag, progress=progress, abort=abort),
-        )
-
-    def read_range_to_fd(
-        self,
-        path: str,
-        offset: int,
-        length: int,
-        fd: int,
-        fd_offset: int,
-        etag: str | None = None,
-    ) -> int:
-        if self._fast is None:
-            return super().read_range_to_fd(path, offset, length, fd, fd_offset, etag)
-        fast = self._fast
-        return self._fast_read(
-            path, length, lambda rel: fast.read_to_fd(rel, offset, length, fd, fd_offset, etag)
-        )
-
-    def _fast_read(self, path: str, length: int, fn: Callable[[str], int]) -> int:
-        rel = normpath(path)
-        if length <= 0:
-            return 0
-        try:
-            return fn(rel)
-        except HttpStatusError as e:
-            if e.status_code == 416:  # offset at or past the end
-                return 0
-            raise self._map_error(e, rel) from None
-        except Aborted:
-            raise Aborted(f"reading {rel!r} was cancelled", rel) from None
-        except Exception as e:
-            raise self._map_error(e, rel) from None
-
-    def write_stream(
-        self, path: str, stream: BinaryIO, length: int, overwrite: bool = True
-    ) -> ObjectInfo:
-        rel = file_path(path)
-        if not is_safe_relpath(rel):
-            raise InvalidName(f"{rel!r} is not a valid file name (a segment over 255 bytes?)", rel)
-        if length <= self.single_put_size:
-            data = read_exact(stream, length)
-            if len(data) != length:
-                raise _source_ended(rel, len(data), length)
-            md5 = hashlib.md5(data).digest()
-            # The service checks the body against x-ms-blob-content-md5 and stores it.
-            if self._fast is not None:
-                resp = self._lean_put(rel, data, md5, overwrite)
-            else:
-                resp = self._sdk_put(rel, data, md5, overwrite)
-        else:
-            if not overwrite and self._call(rel, lambda: self._head(rel)) is not None:
-                raise AlreadyExists(f"{rel!r} exists", rel)
-            bc = self._cc.get_blob_client(rel)
-            resp, md5 = self._call(
-                rel, lambda: self._upload_blocks(bc, rel, stream, length, overwrite)
-            )
-        return ObjectInfo(
-            path=rel,
-            is_dir=False,
-            size=length,
-            etag=quoted_etag(resp.get("etag")),
-            mtime=timestamp(resp.get("last_modified")),
-            content_md5=md5,
-        )
-
-    def _lean_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> dict[str, Any]:
-        """One Put Blob through the lean client (blobget.py): ~0.3 ms of client CPU against
-        the SDK's ~2 ms, the same request and errors."""
-        fast = self._fast
-        assert fast is not None
-        try:
-            return fast.put(rel, data, md5, overwrite)
-        except HttpStatusError as e:
-            if not overwrite and e.status_code in (409, 412):
-                raise AlreadyExists(f"{rel!r} exists", rel) from None  # as Kind.EXISTS says
-            raise self._map_error(e, rel) from None
-        except Exception as e:
-            raise self._map_error(e, rel) from None
-
-    def _sdk_put(self, rel: str, data: bytes, md5: bytes, overwrite: bool) -> Any:
-        from azure.storage.blob import ContentSettings
-
-        bc = self._cc.get_blob_client(rel)
-        return self._call(
-            rel,
-            lambda: bc.upload_blob(
-                data,
-                length=len(data),
-                overwrite=overwrite,
-                content_settings=ContentSettings(content_md5=bytearray(md5)),
-                max_concurrency=1,
-            ),
-        )
-
-    def _upload_blocks(
-        self, bc: Any, rel: str, stream: BinaryIO, length: int, overwrite: bool
-    ) -> tuple[dict[str, Any], bytes]:
-        """Stage blocks (a few in flight) while hashing, then commit them with the whole-blob
-        Content-MD5: readers see the old blob or the new one, never a part."""
-        block = max(self.upload_block_size, -(-length // MAX_BLOCKS))
-        # A per-upload prefix: two writers of one blob must not commit each other's blocks.
-        prefix = uuid.uuid4().hex
-        md5 = hashlib.md5()
-        ids: list[str] = []
-        remaining = length
-        inflight: deque[Future] = deque()
-        with ThreadPoolExecutor(
-            self.upload_concurrency, thread_name_prefix="amlfs-blob-up"
-        ) as pool:
-            try:
-                while remaining > 0:
-                    chunk = read_exact(stream, min(block, remaining))
-                    if not chunk:
-                        raise _source_ended(rel, length - remaining, length)
-                    md5.update(chunk)
-                    block_id = f"{prefix}{len(ids):08d}"
-                    ids.append(block_id)
-                    inflight.append(pool.submit(bc.stage_block, block_id, chunk, length=len(chunk)))
-                    remaining -= len(chunk)
-                    while len(inflight) >= self.upload_concurrency:
-                        inflight.popleft().result()
-                while inflight:
-                    inflight.popleft().result()
-            finally:
-                for f in inflight:
-                    f.cancel()
-        from azure.core import MatchConditions
-        from azure.storage.blob import ContentSettings
-
-        digest = md5.digest()
-        conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
-        resp = bc.commit_block_list(
-            ids, content_settings=ContentSettings(content_md5=bytearray(digest)), **conditions
-        )
-        return resp, digest
-
     def delete(self, path: str) -> None:
         rel = file_path(path, "delete")
         self._call(
@@ -646,6 +457,7 @@ class BlobBackend(AzureBackend):
     def close(self) -> None:
         if self._side is not None:
             self._side.shutdown(wait=False, cancel_futures=True)
+        self._blocks.close()
         if self._fast is not None:
             self._fast.close()
         with self._sdk_lock:

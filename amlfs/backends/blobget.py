@@ -1,5 +1,5 @@
-"""A lean Blob client for the hot requests: ranged `Get Blob`, `List Blobs`, and `Put Blob` of
-a whole small file (uploads of many small files).
+"""A lean Blob client for the hot requests: ranged `Get Blob`, `List Blobs`, `Put Blob` of a
+whole small file, and `Put Block` / `Put Block List` of a large one (blobupload.py).
 
 The SDK costs ~2 ms of client CPU per request (pipeline policies, requests, urllib3, model
 deserialisation) and copies every body several times; a stage of 2000 small files spent more CPU
@@ -7,8 +7,8 @@ in the SDK than the service spent serving them, and deserialising a 5000-blob li
 ~0.9 s (bloblist.py parses one in ~50 ms). This module sends the same authenticated requests
 (SharedKey signature, SAS, or bearer token from the same credential objects the SDK takes) over
 persistent HTTP/1.1 connections (http.py: pool, proxy tunnel, framing checks) and receives
-bodies straight into the caller's buffer. Everything else (block uploads of large files,
-metadata, container operations) stays on the SDK.
+bodies straight into the caller's buffer. Everything else (metadata, deletes, container
+operations, the writable mount's blocks) stays on the SDK.
 
 Concurrency: a BlobFastPath is thread-safe; each call blocks its thread, and an `Abort` ends a
 call from another thread. Failures are raised as `HttpStatusError` (status, x-ms-error-code),
@@ -249,6 +249,56 @@ class BlobFastPath:
         }
         if not overwrite:
             headers["If-None-Match"] = "*"
+        return self._put(name, {}, headers, data)
+
+    def put_block(
+        self, name: str, block_id: str, data: bytes | memoryview, md5: bytes | None = None
+    ) -> None:
+        """`Put Block`: stage `data` as block `block_id` (a str, sent base64-encoded as the SDK's
+        stage_block does) of blob `name`. `md5`: the block's transactional Content-MD5, which
+        the service checks against the body (400 Md5Mismatch) and does not store. Repeatable
+        (the same id and bytes), so retried like a GET."""
+        headers = {"Content-Length": str(len(data))}
+        if md5 is not None:
+            headers["Content-MD5"] = base64.b64encode(md5).decode()
+        query = {"comp": "block", "blockid": block_id_b64(block_id)}
+        self._put(name, query, headers, data)
+
+    def put_block_list(
+        self, name: str, block_ids: list[str], md5: bytes | None, overwrite: bool = True
+    ) -> dict[str, Any]:
+        """`Put Block List`: commit the staged blocks `block_ids` (in order, from the latest
+        uncommitted) as blob `name`, with `md5` stored as its Content-MD5 (not checked: the
+        service never sees the whole body). Not `overwrite`: If-None-Match: * (409 or 412 when
+        the blob exists). Returns the SDK's shape: {"etag", "last_modified"}."""
+        body = "".join(f"<Latest>{block_id_b64(i)}</Latest>" for i in block_ids)
+        data = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{body}</BlockList>'.encode()
+        headers = {"Content-Length": str(len(data))}
+        if md5 is not None:
+            headers["x-ms-blob-content-md5"] = base64.b64encode(md5).decode()
+        if not overwrite:
+            headers["If-None-Match"] = "*"
+        return self._put(name, {"comp": "blocklist"}, headers, data)
+
+    def exists(self, name: str) -> bool:
+        """Whether blob `name` exists, from the head of a one-byte ranged GET (the read
+        permission the SDK's HEAD needs; a HEAD's error has no body to frame). An empty blob
+        answers 416 (Azurite: a 206 with a range past its end, not looked at)."""
+        try:
+            self.read_into(name, 0, memoryview(bytearray(1)), check=_found)
+        except _Found:
+            return True
+        except HttpStatusError as e:
+            if e.status_code == 416:
+                return True
+            if e.status_code == 404 and e.error_code != "ContainerNotFound":
+                return False
+            raise
+        return True
+
+    def _put(
+        self, name: str, query: dict[str, str], headers: dict[str, str], data: bytes | memoryview
+    ) -> dict[str, Any]:
         path = f"{self.base}/{quote(name, safe='/~')}"
 
         def consume(r: Response) -> dict[str, Any]:
@@ -261,7 +311,7 @@ class BlobFastPath:
 
         return self.http.get(
             f"PUT {path}",
-            lambda: self._request(path, {}, headers, "PUT"),
+            lambda: self._request(path, query, headers, "PUT"),
             consume,
             body=data,
         )
@@ -350,6 +400,19 @@ class BlobFastPath:
             _pwrite_all(fd, scratch[:n], fd_offset + have)
             have += n
         return size
+
+
+class _Found(Exception):
+    """A 2xx head came: the blob exists (raised by `exists`' check, before the body)."""
+
+
+def _found(r: Response) -> None:
+    raise _Found
+
+
+def block_id_b64(block_id: str) -> str:
+    """A block id as the service takes it: base64 of its UTF-8 (the SDK's encode_base64)."""
+    return base64.b64encode(block_id.encode("utf-8")).decode()
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
