@@ -17,7 +17,7 @@ from amlfs.backends import open_backend
 from amlfs.backends.base import Abort, Aborted, BackendError, Transient
 from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath, ProtocolError
-from amlfs.backends.http import HttpStatusError
+from amlfs.backends.httpframe import HttpStatusError
 from amlfs.credentials import ResolvedCredential
 
 from .azurite import ACCOUNT, KEY

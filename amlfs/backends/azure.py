@@ -39,7 +39,7 @@ from .base import (
     Unsupported,
     normpath,
 )
-from .http import ProtocolError
+from .httpframe import ProtocolError
 
 T = TypeVar("T")
 

@@ -50,9 +50,9 @@ from .base import (
 from .blobdata import BlobData
 from .blobget import BlobFastPath, lean_credential
 from .bloblist import ListedPrefix
-from .blobupload import DEFAULT_UPLOAD_MEMORY, MAX_BLOCKS, BlockSender, UploadBudget
+from .blobupload import DEFAULT_UPLOAD_MEMORY, BlockSender, UploadBudget
 
-__all__ = ["MAX_BLOCKS", "BlobBackend"]  # MAX_BLOCKS: blobwrite.py imports it from here
+__all__ = ["BlobBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class BlobBackend(BlobData, AzureBackend):
         upload_block_size: int = 8 * MiB,
         upload_concurrency: int = 16,
         upload_memory: int = DEFAULT_UPLOAD_MEMORY,
-        block_md5: bool = True,
+        block_md5: bool | None = None,
         retry_total: int = 3,
         retry_backoff: float = 1.0,
         connection_timeout: float = 30.0,
@@ -111,7 +111,9 @@ class BlobBackend(BlobData, AzureBackend):
         older one). Uploads: a large file keeps up to `upload_concurrency` blocks in flight,
         and all uploads together hold at most `upload_memory` bytes of buffers (one block per
         file at least: blobupload.py); `block_md5`: each block carries a Content-MD5 that the
-        service checks (a second MD5 pass over the data)."""
+        service checks (a second MD5 pass over the data); None: on a plain-http endpoint only,
+        as over https TLS already protects every block in transit (the SDK's and azcopy's
+        default is none at all; the whole file's MD5 is stored either way)."""
         parts = urlsplit(account_url)
         self.account_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         super().__init__(f"blob container {container!r} at {self.account_url}", credential, log)
@@ -120,7 +122,7 @@ class BlobBackend(BlobData, AzureBackend):
         self.block_size = block_size
         self.upload_block_size = upload_block_size
         self.upload_concurrency = max(1, upload_concurrency)
-        self.block_md5 = block_md5
+        self.block_md5 = parts.scheme != "https" if block_md5 is None else block_md5
         self._blocks = BlockSender(
             UploadBudget(upload_memory), upload_block_size, self.upload_concurrency
         )

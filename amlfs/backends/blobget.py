@@ -32,9 +32,9 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .base import Abort, LocalIOError
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
-from .http import (
+from .http import HttpClient
+from .httpframe import (
     PIECE,
-    HttpClient,
     HttpStatusError,
     ProtocolError,
     Response,

@@ -27,7 +27,8 @@ from .base import (
     Writer,
     file_path_checked,
 )
-from .blob import MAX_BLOCKS, BlobBackend
+from .blob import BlobBackend
+from .blobupload import MAX_BLOCKS
 
 log = logging.getLogger(__name__)
 

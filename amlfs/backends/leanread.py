@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .azure import error_code, is_folder, quoted_etag
 from .base import Abort, Aborted, BackendError, Changed, IsADirectory, normpath
 from .blobget import BlobFastPath, HttpStatusError
-from .http import Response
+from .httpframe import Response
 
 log = logging.getLogger(__name__)
 
