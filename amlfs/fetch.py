@@ -15,17 +15,8 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from .backends.base import (
-    Backend,
-    BackendError,
-    Changed,
-    IsADirectory,
-    LocalIOError,
-    NotFound,
-    ObjectInfo,
-    Transient,
-    retry,
-)
+from .backends.base import Backend, ObjectInfo, retry
+from .backends.errors import BackendError, Changed, IsADirectory, LocalIOError, NotFound, Transient
 from .bigfile import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_RANGE_WORKERS,

@@ -175,7 +175,7 @@ class Difference:
 
 def verify_input(backend: Backend, rec: InputRecord) -> list[Difference]:
     """What differs between the record of one input and its datastore now (from one listing)."""
-    from .backends.base import NotFound
+    from .backends.errors import NotFound
 
     try:
         now = {r.path: r for r in record_listing(backend, rec.path)}

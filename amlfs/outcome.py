@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from .backends.base import BackendError, Changed, NotFound
+from .backends.errors import BackendError, Changed, NotFound
 from .errors import AmlfsError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .backends.base import BackendError, normpath
+from .backends.base import normpath
+from .backends.errors import BackendError
 from .errors import AmlfsError, UsageError
 from .manifest import FileRecord, OutputRecord, record_listing
 
@@ -250,7 +251,7 @@ def _commit_upload(
 
 
 def _listing_or_empty(backend, dest: str) -> list[FileRecord]:
-    from .backends.base import NotFound
+    from .backends.errors import NotFound
 
     try:
         return record_listing(backend, dest)

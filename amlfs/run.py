@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import outputs as outs
-from .backends.base import BackendError, NotFound
+from .backends.errors import BackendError, NotFound
 from .datareference import DataReference
 from .errors import AmlfsError, UsageError
 from .manifest import InputRecord, Manifest, pinned_backend, record_listing

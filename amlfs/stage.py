@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from .backends.base import Backend, LocalIOError
+from .backends.base import Backend
+from .backends.errors import LocalIOError
 from .commit import PART_SUFFIX, Committed, part_path, unlink_quiet
 from .errors import AmlfsError
 from .fetch import Downloader, DownloadJob, chunk_size

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .backends.base import Throttled
+from .backends.errors import Throttled
 
 log = logging.getLogger(__name__)
 

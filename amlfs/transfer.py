@@ -11,18 +11,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .backends.base import (
-    AlreadyExists,
-    Backend,
-    BackendError,
-    NotADirectory,
-    NotFound,
-    ObjectInfo,
-    is_safe_relpath,
-    join,
-    normpath,
-    retry,
-)
+from .backends.base import Backend, ObjectInfo, is_safe_relpath, join, normpath, retry
+from .backends.errors import AlreadyExists, BackendError, NotADirectory, NotFound
 from .errors import AmlfsError
 from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
 from .filters import KEEP_ALL, PathFilter

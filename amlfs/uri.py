@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .backends.base import InvalidName, normpath
+from .backends.base import normpath
+from .backends.errors import InvalidName
 from .errors import UsageError
 from .registry import DATASTORE_NAME_RE
 

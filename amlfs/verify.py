@@ -19,7 +19,7 @@ def verify_datastore(ds: DatastoreConfig) -> None:
         if not os.path.isdir(ds.path or ""):
             raise AmlfsError(f"datastore {ds.name!r}: {ds.path} is not a directory{_OFFLINE}")
         return
-    from .backends.azure import UnsupportedVersion
+    from .backends.failures import UnsupportedVersion
 
     backend = open_backend(ds)
     try:

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Abort, Aborted
+from amlfs.backends.base import Abort
 from amlfs.backends.bridge import TrioBackend
+from amlfs.backends.errors import Aborted
 from amlfs.registry import BLOB, Credentials, DatastoreConfig
 
 from .azurite import ACCOUNT, KEY
@@ -198,7 +199,7 @@ def test_sdk_read_reports_progress_once_and_checks_abort(fileshare_config):
 @pytest.mark.parametrize("retry_total", [0, 2])
 def test_open_backend_passes_retry_total(kind, retry_total):
     """The mount opens its backend with retry_total=0: one request, no retry layer inside."""
-    from amlfs.backends.base import Transient
+    from amlfs.backends.errors import Transient
     from amlfs.registry import ADLS, FILE
 
     busy = response(503, headers={"x-ms-error-code": "ServerBusy"})

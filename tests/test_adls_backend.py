@@ -9,7 +9,8 @@ import pytest
 
 from amlfs.backends import open_backend
 from amlfs.backends.adls import AdlsBackend
-from amlfs.backends.base import Forbidden, NotADirectory, NotFound, join
+from amlfs.backends.base import join
+from amlfs.backends.errors import Forbidden, NotADirectory, NotFound
 from amlfs.registry import Credentials
 from tests.servers.backend_cases import *  # noqa: F403 - the shared backend behaviours
 from tests.servers.fixtures import (  # noqa: F401

@@ -21,9 +21,10 @@ from urllib.parse import quote
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from amlfs.backends.base import (
+from amlfs.backends.base import Backend
+from amlfs.backends.blob import BlobBackend
+from amlfs.backends.errors import (
     AlreadyExists,
-    Backend,
     BackendError,
     Changed,
     Forbidden,
@@ -32,7 +33,6 @@ from amlfs.backends.base import (
     NotFound,
     Transient,
 )
-from amlfs.backends.blob import BlobBackend
 from amlfs.backends.local import LocalBackend
 from amlfs.credentials import ResolvedCredential
 from amlfs.registry import Credentials

@@ -10,10 +10,10 @@ import threading
 import pytest
 from azure.storage.blob import ContainerClient
 
-from amlfs.backends.base import NotADirectory, NotFound
 from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath
 from amlfs.backends.bloblist import ListedBlob, ListedPrefix, parse_listing
+from amlfs.backends.errors import NotADirectory, NotFound
 
 # Names that XML must escape ('&', '<', '>', quotes), that URLs must escape ('+', '%', '#', '?',
 # ' '), and that are not ASCII.

@@ -18,10 +18,10 @@ import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from amlfs.backends.base import AlreadyExists, BackendError, Forbidden, NotFound
 from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath, HttpStatusError
 from amlfs.backends.blobupload import UploadBudget
+from amlfs.backends.errors import AlreadyExists, BackendError, Forbidden, NotFound
 from amlfs.credentials import ResolvedCredential
 
 from .azurite import ACCOUNT, KEY

@@ -9,8 +9,8 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Changed, NotFound
 from amlfs.backends.blobget import BlobFastPath, HttpStatusError
+from amlfs.backends.errors import Changed, NotFound
 
 from .azurite import ACCOUNT, KEY
 from .canned import CannedServer, chunked, partial, response

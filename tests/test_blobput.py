@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from amlfs.backends.base import AlreadyExists, BackendError
 from amlfs.backends.blob import BlobBackend
+from amlfs.backends.errors import AlreadyExists, BackendError
 from amlfs.credentials import ResolvedCredential
 
 from .azurite import ACCOUNT, KEY

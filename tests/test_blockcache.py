@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from amlfs.backends.base import BackendError, Changed
+from amlfs.backends.errors import BackendError, Changed
 from amlfs.fs.blockcache import BlockCache, Extent
 from amlfs.fs.budget import MemoryBudget
 from amlfs.fs.stats import Stats

@@ -21,8 +21,8 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
-from amlfs.backends.base import Forbidden, NotFound
 from amlfs.backends.blob import BlobBackend
+from amlfs.backends.errors import Forbidden, NotFound
 from amlfs.credentials import (
     DEV_KEY,
     LazyDefaultAzureCredential,

@@ -18,15 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import (
-    Backend,
-    BackendError,
-    Changed,
-    NotFound,
-    ObjectInfo,
-    Transient,
-)
+from amlfs.backends.base import Backend, ObjectInfo
 from amlfs.backends.bridge import TrioBackend
+from amlfs.backends.errors import BackendError, Changed, NotFound, Transient
 from amlfs.fs import readahead
 from amlfs.fs.blockcache import Extent
 from amlfs.fs.datapath import DataPath, DataPathConfig

@@ -13,7 +13,7 @@ import time
 import pytest
 import trio
 
-from amlfs.backends.base import Aborted, BackendError
+from amlfs.backends.errors import Aborted, BackendError
 from amlfs.fs.datapath import DataPathConfig
 from amlfs.fs.stats import Stats
 

@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Forbidden, InvalidName, NotADirectory, NotFound, join
+from amlfs.backends.base import join
+from amlfs.backends.errors import Forbidden, InvalidName, NotADirectory, NotFound
 from amlfs.backends.fileshare import FileShareBackend
 from amlfs.registry import Credentials
 from tests.servers.backend_cases import *  # noqa: F403 - the shared backend behaviours

@@ -14,9 +14,10 @@ import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Abort, Aborted, BackendError, Transient
+from amlfs.backends.base import Abort
 from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath, ProtocolError
+from amlfs.backends.errors import Aborted, BackendError, Transient
 from amlfs.backends.httpframe import HttpStatusError
 from amlfs.credentials import ResolvedCredential
 

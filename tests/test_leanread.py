@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from amlfs.backends.adls import AdlsBackend
-from amlfs.backends.base import Abort, Aborted, BackendError, join
+from amlfs.backends.base import Abort, join
+from amlfs.backends.errors import Aborted, BackendError
 from amlfs.backends.fileshare import FileShareBackend
 from tests.servers.fixtures import (  # noqa: F401
     adls_server,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from amlfs.backends.base import BackendError, ObjectInfo
+from amlfs.backends.base import ObjectInfo
+from amlfs.backends.errors import BackendError
 from amlfs.fs.budget import MemoryBudget
 from amlfs.fs.inodes import ENTRY_BYTES, InodeTable, Timeouts
 from amlfs.fs.listings import Listings

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from amlfs.backends.base import BackendError
+from amlfs.backends.errors import BackendError
 from amlfs.registry import ADLS, FILE, Credentials, DatastoreConfig
 from tests.servers.backend_cases import *  # noqa: F403 - the shared backend behaviours
 

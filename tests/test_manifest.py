@@ -190,7 +190,8 @@ def test_bad_manifest_is_a_usage_error(tmp_path):
 def test_pinned_backend_view(local_config):
     """The view's tree, pages and refusals, straight from the record (no service call)."""
     from amlfs.backends import open_backend
-    from amlfs.backends.base import NotADirectory, NotFound, ObjectInfo
+    from amlfs.backends.base import ObjectInfo
+    from amlfs.backends.errors import NotADirectory, NotFound
     from amlfs.backends.pinned import NotAsPinned, PinnedBackend, ReadOnly
 
     inner = open_backend(local_config)

@@ -19,8 +19,9 @@ import trio
 import trio.testing
 from pyfuse3 import FUSEError
 
-from amlfs.backends.base import BackendError, ObjectInfo
+from amlfs.backends.base import ObjectInfo
 from amlfs.backends.bridge import TrioBackend
+from amlfs.backends.errors import BackendError
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
 from amlfs.fs.datapath import DataPath, DataPathConfig

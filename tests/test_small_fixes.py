@@ -43,7 +43,7 @@ def test_dns_failure_of_the_sdk_transport_names_the_host():
     """What the File and ADLS clients see (requests/urllib3), without their minute of retries."""
     import requests
 
-    from amlfs.backends.azure import unresolved_host
+    from amlfs.backends.failures import unresolved_host
 
     with pytest.raises(requests.ConnectionError) as e:
         requests.get("http://other-host.invalid:10000/x", timeout=10)

@@ -17,9 +17,10 @@ import pytest
 from amlfs.backends import base as base_mod
 from amlfs.backends import blob as blob_mod
 from amlfs.backends import open_backend
-from amlfs.backends.base import Backend, NotFound
+from amlfs.backends.base import Backend
 from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath
+from amlfs.backends.errors import NotFound
 from amlfs.backends.local import LocalBackend
 from amlfs.progress import Progress
 from amlfs.stage import stage

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import Backend, NotFound, ObjectInfo
+from amlfs.backends.base import Backend, ObjectInfo
+from amlfs.backends.errors import NotFound
 from amlfs.backends.local import LocalBackend
 from amlfs.commit import PART_SUFFIX, part_path
 from amlfs.fetch import chunk_size

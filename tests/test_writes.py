@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from amlfs.backends import open_backend
-from amlfs.backends.base import NotFound
+from amlfs.backends.errors import NotFound
 from amlfs.registry import BLOB, datastore_to_dict
 
 from .test_mount import FUSE_OK, Mounts, data

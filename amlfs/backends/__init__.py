@@ -7,18 +7,8 @@ from typing import Any
 
 from ..errors import RegistryError
 from ..registry import ADLS, BLOB, FILE, LOCAL, DatastoreConfig
-from .base import (
-    Abort,
-    Aborted,
-    AlreadyExists,
-    Backend,
-    BackendError,
-    Changed,
-    Forbidden,
-    NotFound,
-    ObjectInfo,
-    Transient,
-)
+from .base import Abort, Backend, ObjectInfo
+from .errors import Aborted, AlreadyExists, BackendError, Changed, Forbidden, NotFound, Transient
 
 __all__ = [
     "Abort",

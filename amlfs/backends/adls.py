@@ -33,8 +33,6 @@ from .azure import (
     PAGE_SIZE,
     AzureBackend,
     ExactReader,
-    Failure,
-    Kind,
     SdkReads,
     file_path,
     is_folder,
@@ -43,16 +41,9 @@ from .azure import (
     temp_name,
     timestamp,
 )
-from .base import (
-    AlreadyExists,
-    BackendError,
-    Changed,
-    IsADirectory,
-    NotADirectory,
-    ObjectInfo,
-    is_safe_name,
-    normpath,
-)
+from .base import ObjectInfo, is_safe_name, normpath
+from .errors import AlreadyExists, BackendError, Changed, IsADirectory, NotADirectory
+from .failures import Failure, Kind
 from .leanread import AdlsLeanReads, blob_endpoint, lean_client
 
 log = logging.getLogger(__name__)

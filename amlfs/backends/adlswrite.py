@@ -20,14 +20,8 @@ from azure.storage.filedatalake import ContentSettings
 
 from .adls import AdlsBackend
 from .azure import temp_name, timestamp
-from .base import (
-    AlreadyExists,
-    Changed,
-    ObjectInfo,
-    Upload,
-    Writer,
-    file_path_checked,
-)
+from .base import ObjectInfo, Upload, Writer, file_path_checked
+from .errors import AlreadyExists, Changed
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..credentials import ResolvedCredential, account_url, resolve_credential
 from ..registry import DatastoreConfig
-from .base import Abort, Aborted
+from .base import Abort
+from .errors import Aborted
 from .http import shutdown
 
 MiB = 1024 * 1024

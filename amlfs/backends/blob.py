@@ -26,31 +26,14 @@ from .azclient import (
     resolve,
     retry_policy,
 )
-from .azure import (
-    PAGE_SIZE,
-    AzureBackend,
-    Failure,
-    Kind,
-    file_path,
-    is_folder,
-    quoted_etag,
-    timestamp,
-    unresolved_message,
-)
-from .base import (
-    FIRST_PAGE,
-    Forbidden,
-    NotADirectory,
-    NotFound,
-    ObjectInfo,
-    is_safe_name,
-    is_safe_relpath,
-    normpath,
-)
+from .azure import PAGE_SIZE, AzureBackend, file_path, is_folder, quoted_etag, timestamp
+from .base import FIRST_PAGE, ObjectInfo, is_safe_name, is_safe_relpath, normpath
 from .blobdata import BlobData
 from .blobget import BlobFastPath, lean_credential
 from .bloblist import ListedPrefix
 from .blobupload import DEFAULT_UPLOAD_MEMORY, BlockSender, UploadBudget
+from .errors import Forbidden, NotADirectory, NotFound
+from .failures import Failure, Kind, unresolved_message
 
 __all__ = ["BlobBackend"]
 

@@ -16,18 +16,10 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .azure import file_path, quoted_etag, read_exact, timestamp
-from .base import (
-    Abort,
-    Aborted,
-    AlreadyExists,
-    Backend,
-    InvalidName,
-    ObjectInfo,
-    is_safe_relpath,
-    normpath,
-)
+from .base import Abort, Backend, ObjectInfo, is_safe_relpath, normpath
 from .blobget import BlobFastPath, HttpStatusError
 from .blobupload import BlockSender, source_ended, upload_blocks
+from .errors import Aborted, AlreadyExists, InvalidName
 
 
 class BlobData:

@@ -30,8 +30,9 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from .base import Abort, LocalIOError
+from .base import Abort
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
+from .errors import LocalIOError
 from .http import HttpClient
 from .httpframe import (
     PIECE,

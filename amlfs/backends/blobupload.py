@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from .base import BackendError
+from .errors import BackendError
 
 MiB = 1024 * 1024
 MAX_BLOCKS = 50_000  # per block blob

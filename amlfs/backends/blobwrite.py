@@ -16,19 +16,10 @@ from azure.core import MatchConditions
 from azure.storage.blob import BlobBlock, ContentSettings
 
 from .azure import quoted_etag, timestamp
-from .base import (
-    AlreadyExists,
-    BackendError,
-    Changed,
-    NotEmpty,
-    NotFound,
-    ObjectInfo,
-    Upload,
-    Writer,
-    file_path_checked,
-)
+from .base import ObjectInfo, Upload, Writer, file_path_checked
 from .blob import BlobBackend
 from .blobupload import MAX_BLOCKS
+from .errors import AlreadyExists, BackendError, Changed, NotEmpty, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import Abort, Aborted, Backend, ObjectInfo
+from .base import Abort, Backend, ObjectInfo
+from .errors import Aborted
 
 log = logging.getLogger(__name__)
 

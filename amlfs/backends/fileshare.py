@@ -32,22 +32,15 @@ from .azure import (
     AzureBackend,
     ExactReader,
     SdkReads,
-    error_code,
     file_path,
     quoted_etag,
     removed_on_failure,
     temp_name,
     timestamp,
 )
-from .base import (
-    BackendError,
-    Changed,
-    IsADirectory,
-    NotFound,
-    ObjectInfo,
-    is_safe_name,
-    normpath,
-)
+from .base import ObjectInfo, is_safe_name, normpath
+from .errors import BackendError, Changed, IsADirectory, NotFound
+from .failures import error_code
 from .leanread import ShareLeanReads, lean_client
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from .base import Abort, Aborted
+from .base import Abort
+from .errors import Aborted
 from .httpframe import (
     Conn,
     HttpStatusError,

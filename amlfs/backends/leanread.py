@@ -24,9 +24,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .azure import error_code, is_folder, quoted_etag
-from .base import Abort, Aborted, BackendError, Changed, IsADirectory, normpath
+from .azure import is_folder, quoted_etag
+from .base import Abort, normpath
 from .blobget import BlobFastPath, HttpStatusError
+from .errors import Aborted, BackendError, Changed, IsADirectory
+from .failures import error_code
 from .httpframe import Response
 
 log = logging.getLogger(__name__)

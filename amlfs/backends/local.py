@@ -9,18 +9,15 @@ import shutil
 import tempfile
 from typing import BinaryIO
 
-from .base import (
+from .base import Backend, ObjectInfo, is_safe_name, normpath
+from .errors import (
     AlreadyExists,
-    Backend,
     BackendError,
     Changed,
     Forbidden,
     IsADirectory,
     NotADirectory,
     NotFound,
-    ObjectInfo,
-    is_safe_name,
-    normpath,
 )
 
 log = logging.getLogger(__name__)

@@ -12,15 +12,8 @@ import errno
 import os
 import uuid
 
-from .base import (
-    AlreadyExists,
-    Changed,
-    NotEmpty,
-    ObjectInfo,
-    Upload,
-    Writer,
-    file_path_checked,
-)
+from .base import ObjectInfo, Upload, Writer, file_path_checked
+from .errors import AlreadyExists, Changed, NotEmpty
 from .local import LocalBackend, _etag, _map_oserror
 
 

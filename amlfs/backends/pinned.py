@@ -12,16 +12,8 @@ import errno
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
-from .base import (
-    Abort,
-    Backend,
-    BackendError,
-    Changed,
-    IsADirectory,
-    NotADirectory,
-    NotFound,
-    ObjectInfo,
-)
+from .base import Abort, Backend, ObjectInfo
+from .errors import BackendError, Changed, IsADirectory, NotADirectory, NotFound
 
 
 class NotAsPinned(BackendError):

@@ -21,15 +21,8 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from .azure import temp_name
-from .base import (
-    AlreadyExists,
-    Changed,
-    NotFound,
-    ObjectInfo,
-    Upload,
-    Writer,
-    file_path_checked,
-)
+from .base import ObjectInfo, Upload, Writer, file_path_checked
+from .errors import AlreadyExists, Changed, NotFound
 from .fileshare import FileShareBackend
 
 log = logging.getLogger(__name__)

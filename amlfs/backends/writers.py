@@ -3,7 +3,8 @@ each backend: blobwrite.py, adlswrite.py, sharewrite.py, localwrite.py)."""
 
 from __future__ import annotations
 
-from .base import Backend, Unsupported, Writer
+from .base import Backend, Writer
+from .errors import Unsupported
 
 
 def writer_for(backend: Backend) -> Writer:

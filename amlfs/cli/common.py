@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import click
 
-from ..backends.base import Backend, BackendError, NotFound
+from ..backends.base import Backend
+from ..backends.errors import BackendError, NotFound
 from ..errors import AmlfsError, RegistryError
 from ..registry import DatastoreConfig, Registry, resolve_registry_path
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from ..backends.base import BackendError
+from ..backends.errors import BackendError
 from .budget import MemoryBudget
 from .stats import Stats
 

@@ -21,15 +21,9 @@ from urllib.parse import quote
 import pyfuse3
 import trio
 
-from ..backends.base import (
-    Backend,
-    BackendError,
-    NotFound,
-    ObjectInfo,
-    normpath,
-    retry,
-)
+from ..backends.base import Backend, ObjectInfo, normpath, retry
 from ..backends.bridge import TrioBackend
+from ..backends.errors import BackendError, NotFound
 from ..errors import AmlfsError, UsageError
 from ..registry import DatastoreConfig
 from .config import MountConfig
@@ -100,7 +94,7 @@ def check_source(
 
 
 def _make_dirs(backend: Backend, path: str) -> None:
-    from ..backends.base import AlreadyExists
+    from ..backends.errors import AlreadyExists
     from ..backends.writers import writer_for
 
     writer = writer_for(backend)

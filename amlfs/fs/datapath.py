@@ -30,12 +30,9 @@ from dataclasses import dataclass
 
 import trio
 
-from ..backends.base import (
-    BackendError,
-    IsADirectory,
-    ObjectInfo,
-)
+from ..backends.base import ObjectInfo
 from ..backends.bridge import TrioBackend
+from ..backends.errors import BackendError, IsADirectory
 from .blockcache import BlockCache, Buffer, Extent
 from .budget import MemoryBudget
 from .disktier import DiskTier

@@ -14,7 +14,8 @@ from typing import Any
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from ..backends.base import NotFound, ObjectInfo, is_safe_name
+from ..backends.base import ObjectInfo, is_safe_name
+from ..backends.errors import NotFound
 from .attrs import STATS_NAME
 from .handlers import handler
 from .inodes import InodeTable, Node

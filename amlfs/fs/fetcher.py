@@ -33,8 +33,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..backends.base import Abort, BackendError, Changed, Transient
+from ..backends.base import Abort
 from ..backends.bridge import TrioBackend
+from ..backends.errors import BackendError, Changed, Transient
 from .blockcache import BlockCache, Extent
 from .budget import MemoryBudget
 from .disktier import DiskTier

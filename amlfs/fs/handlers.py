@@ -19,7 +19,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import BackendError
+from ..backends.errors import BackendError
 from .stats import Stats
 
 log = logging.getLogger("amlfs.fs.operations")

@@ -27,7 +27,8 @@ from typing import Any
 
 import trio
 
-from ..backends.base import BackendError, ObjectInfo
+from ..backends.base import ObjectInfo
+from ..backends.errors import BackendError
 from .budget import MemoryBudget
 from .inodes import ENTRY_BYTES, InodeTable
 from .stats import Stats

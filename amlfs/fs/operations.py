@@ -33,14 +33,9 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import (
-    NotFound,
-    ObjectInfo,
-    Transient,
-    is_safe_name,
-    join,
-)
+from ..backends.base import ObjectInfo, is_safe_name, join
 from ..backends.bridge import TrioBackend
+from ..backends.errors import NotFound, Transient
 from . import attrs
 from .attrs import STATS_INODE, STATS_NAME
 from .budget import MemoryBudget

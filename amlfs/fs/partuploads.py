@@ -20,8 +20,9 @@ from typing import Any
 
 import trio
 
-from ..backends.base import BackendError, ObjectInfo, Transient, Upload, Writer
+from ..backends.base import ObjectInfo, Upload, Writer
 from ..backends.bridge import TrioBackend
+from ..backends.errors import BackendError, Transient
 from .staging import StagingArea
 from .writebuffer import PartBuffer, WriteBudget
 

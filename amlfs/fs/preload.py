@@ -23,8 +23,9 @@ from typing import Any
 
 import trio
 
-from ..backends.base import BackendError, ObjectInfo, Transient
+from ..backends.base import ObjectInfo
 from ..backends.bridge import TrioBackend
+from ..backends.errors import BackendError, Transient
 from .budget import MemoryBudget
 from .disktier import DiskTier
 from .stats import Stats

@@ -25,8 +25,9 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import AlreadyExists, NotFound, ObjectInfo, Writer
+from ..backends.base import ObjectInfo, Writer
 from ..backends.bridge import TrioBackend
+from ..backends.errors import AlreadyExists, NotFound
 from . import attrs
 from .handlers import handler, refuse
 from .inodes import Node

@@ -31,7 +31,8 @@ from typing import Any
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import BackendError, Changed, NotFound, ObjectInfo, Transient, Upload
+from ..backends.base import ObjectInfo, Upload
+from ..backends.errors import BackendError, Changed, NotFound, Transient
 from .partuploads import BACKOFF_BASE, BACKOFF_MAX, PARTS_IN_FLIGHT, PartUploads, WriteContext
 from .staging import StagingFile
 from .writebuffer import PartBuffer

@@ -25,7 +25,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from ..backends.base import Abort, Aborted
+from ..backends.base import Abort
+from ..backends.errors import Aborted
 
 log = logging.getLogger(__name__)
 

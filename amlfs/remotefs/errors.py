@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from ..backends.base import (
+from ..backends.errors import (
     AlreadyExists,
     BackendError,
     Forbidden,

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.spec import AbstractBufferedFile
 
-from ..backends.base import Abort, Backend, BackendError
+from ..backends.base import Abort, Backend
+from ..backends.errors import BackendError
 from .blocks import BlockReader
 from .errors import os_error
 

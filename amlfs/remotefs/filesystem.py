@@ -29,7 +29,8 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from ..backends import open_backend
-from ..backends.base import Backend, BackendError, NotADirectory, NotFound, ObjectInfo
+from ..backends.base import Backend, ObjectInfo
+from ..backends.errors import BackendError, NotADirectory, NotFound
 from ..registry import Registry, resolve_registry_path
 from . import paths
 from .errors import os_error

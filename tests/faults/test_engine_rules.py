@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from amlfs.backends.base import LocalIOError, NotFound, Throttled, Transient
 from amlfs.backends.blob import BlobBackend
+from amlfs.backends.errors import LocalIOError, NotFound, Throttled, Transient
 from amlfs.credentials import resolve_credential
 from amlfs.outcome import STREAK_STOP, FailureStreak
 from amlfs.throttle import Throttle

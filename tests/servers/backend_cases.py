@@ -13,7 +13,8 @@ import io
 
 import pytest
 
-from amlfs.backends.base import AlreadyExists, BackendError, Changed, IsADirectory, NotFound, join
+from amlfs.backends.base import join
+from amlfs.backends.errors import AlreadyExists, BackendError, Changed, IsADirectory, NotFound
 
 ODD_NAMES = [
     "with space",
