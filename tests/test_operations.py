@@ -24,9 +24,10 @@ from amlfs.backends.bridge import TrioBackend
 from amlfs.backends.errors import BackendError
 from amlfs.backends.local import LocalBackend
 from amlfs.fs import operations as ops_mod
+from amlfs.fs.attrs import STATS_INODE, STATS_NAME
 from amlfs.fs.datapath import DataPath, DataPathConfig
 from amlfs.fs.inodes import Timeouts
-from amlfs.fs.operations import STATS_INODE, STATS_NAME, Operations, OperationsConfig
+from amlfs.fs.operations import Operations, OperationsConfig
 from amlfs.fs.stats import Stats
 
 ROOT = pyfuse3.ROOT_INODE

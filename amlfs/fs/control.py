@@ -2,7 +2,7 @@
 mounts in /proc/self/mountinfo, read a mount's live facts, unmount (a dead daemon's mount too).
 
 Runtime facts (pid, counters) come from the mount itself, through an unlisted file at its root
-(operations.STATS_NAME): any process that can read the mount can ask, and a dead daemon cannot
+(attrs.STATS_NAME): any process that can read the mount can ask, and a dead daemon cannot
 lie.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..errors import AmlfsError, UsageError
+from .attrs import STATS_NAME
 from .daemon import FSTYPE
-from .operations import STATS_NAME
 
 log = logging.getLogger(__name__)
 

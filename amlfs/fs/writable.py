@@ -29,9 +29,10 @@ from ..backends.base import ObjectInfo, Writer
 from ..backends.bridge import TrioBackend
 from ..backends.errors import AlreadyExists, NotFound
 from . import attrs
+from .attrs import STATS_INODE
 from .handlers import handler, refuse
 from .inodes import Node
-from .operations import STATS_INODE, Operations
+from .operations import Operations
 from .partuploads import WriteContext
 from .staging import StagingArea
 from .writebuffer import WriteBudget
