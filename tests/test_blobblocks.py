@@ -332,3 +332,21 @@ def test_per_block_md5_is_off_by_default_and_can_be_asked_for(azurite, container
             assert b.read_all(f"md5-{want}") == data
         finally:
             b.close()
+
+
+def test_reads_without_the_lean_client_go_through_the_sdk(azurite, container, tmp_path):
+    """lean=False: read_range_into and read_range_to_fd fall back to the SDK's reads (the next
+    class in BlobBackend's MRO) with the same bytes."""
+    b = _backend(azurite, container, lean=False)
+    try:
+        b.write_stream("r", io.BytesIO(DATA), len(DATA))
+        buf = memoryview(bytearray(1000))
+        assert b.read_range_into("r", 5, buf) == 1000 and bytes(buf) == DATA[5:1005]
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            assert b.read_range_to_fd("r", 7, 3000, fd, 0) == 3000
+            assert os.pread(fd, 3000, 0) == DATA[7:3007]
+        finally:
+            os.close(fd)
+    finally:
+        b.close()

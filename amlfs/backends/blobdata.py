@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .azure import file_path, quoted_etag, read_exact, timestamp
-from .base import Abort, Backend, ObjectInfo, is_safe_relpath, normpath
+from .base import Abort, ObjectInfo, is_safe_relpath, normpath
 from .blobget import BlobFastPath, HttpStatusError
 from .blobupload import BlockSender, source_ended, upload_blocks
 from .errors import Aborted, AlreadyExists, InvalidName
@@ -81,14 +81,8 @@ class BlobData:
         """Streams into `buf` on the lean path: `progress` as the body arrives, and `abort`
         shuts the connection down (see Backend.read_range_into)."""
         if self._fast is None:
-            return Backend.read_range_into(
-                self,  # type: ignore[arg-type]
-                path,
-                offset,
-                buf,
-                etag,
-                progress=progress,
-                abort=abort,
+            return super().read_range_into(  # type: ignore[misc]  # the next in BlobBackend's MRO
+                path, offset, buf, etag, progress=progress, abort=abort
             )
         fast = self._fast
         return self._fast_read(
@@ -107,14 +101,8 @@ class BlobData:
         etag: str | None = None,
     ) -> int:
         if self._fast is None:
-            return Backend.read_range_to_fd(
-                self,  # type: ignore[arg-type]
-                path,
-                offset,
-                length,
-                fd,
-                fd_offset,
-                etag,
+            return super().read_range_to_fd(  # type: ignore[misc]  # the next in BlobBackend's MRO
+                path, offset, length, fd, fd_offset, etag
             )
         fast = self._fast
         return self._fast_read(
