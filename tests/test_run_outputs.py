@@ -214,12 +214,15 @@ def test_a_second_interrupt_stops_the_output_upload_and_keeps_the_rest(request, 
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    seen = []  # stderr up to the first signal's answer: the second one comes after it
+    while not seen or "interrupt again to stop" not in seen[-1]:
+        line = proc.stderr.readline()
+        assert line, "".join(seen)  # ended without answering the first signal
+        seen.append(line)
     proc.send_signal(signal.SIGINT)
     rc = proc.wait(120)
-    stderr = proc.stderr.read()
+    stderr = "".join(seen) + proc.stderr.read()
     assert rc == 130, stderr
-    assert "interrupt again to stop" in stderr
     kept = next(ln for ln in stderr.splitlines() if "output commit was stopped; kept under" in ln)
     local = os.path.join(kept.rpartition(" ")[2], "outputs", "m")
     uploaded = {p.name for p in dest.iterdir()}
