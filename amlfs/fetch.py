@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from .backends.base import Backend, ObjectInfo, retry
+from .backends.base import Backend, ObjectInfo
 from .backends.errors import BackendError, Changed, IsADirectory, LocalIOError, NotFound, Transient
 from .bigfile import (
     DEFAULT_BLOCK_SIZE,
@@ -281,10 +281,9 @@ class Downloader:
         if buf is None or len(buf) < length:
             buf = self._local.buf = bytearray(max(length, 256 << 10))
         view = memoryview(buf)[:length]
-        n = retry(
-            lambda: self.throttle.call(lambda: self.backend.read_range_into(path, off, view, etag)),
-            attempts=2,
-        )
+        # The backend retries a transient failure itself (the one retry layer, ~7 s a
+        # request); the throttle waits out a ServerBusy storm beyond that.
+        n = self.throttle.call(lambda: self.backend.read_range_into(path, off, view, etag))
         return view[:n]
 
     def _restat(self, job: DownloadJob) -> ObjectInfo | None:
@@ -389,13 +388,10 @@ class Downloader:
             off, length = bf.chunk_range(idx)
             try:
                 self._open_big_file(bf)
-                n = retry(
-                    lambda: self.throttle.call(
-                        lambda: self.backend.read_range_to_fd(
-                            bf.info.path, off, length, bf.fd, off, bf.info.etag
-                        )
-                    ),
-                    attempts=2,
+                n = self.throttle.call(
+                    lambda: self.backend.read_range_to_fd(
+                        bf.info.path, off, length, bf.fd, off, bf.info.etag
+                    )
                 )
                 if n != length:
                     raise Changed(f"{bf.info.path!r} is shorter than listed", bf.info.path)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .backends.base import Backend, ObjectInfo, is_safe_relpath, join, normpath, retry
+from .backends.base import Backend, ObjectInfo, is_safe_relpath, join, normpath
 from .backends.errors import AlreadyExists, BackendError, NotADirectory, NotFound
 from .errors import AmlfsError
 from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
@@ -87,9 +87,9 @@ def list_remote(
         return _counted(backend.walk(p), table, on_listed)
 
     try:
-        # A listing broken off by a transient failure is started again (a few times): one
-        # failed page must not fail a transfer of thousands of files.
-        files = retry(walk, attempts=3)
+        # Each page is retried by the backend (the one retry layer); a listing is never
+        # started again from the top, which would repeat every page before the failed one.
+        files = walk()
     except (NotFound, NotADirectory) as e:
         if not p or e.same_for_all:  # the root, or the container itself, is missing
             raise

@@ -19,7 +19,7 @@ from ..credentials import ResolvedCredential, account_url, resolve_credential
 from ..registry import DatastoreConfig
 from .base import Abort
 from .errors import Aborted
-from .http import shutdown
+from .http import DEFAULT_RETRIES, shutdown
 
 MiB = 1024 * 1024
 
@@ -86,11 +86,12 @@ def client_options(
     block_size: int, retry_policy: Any = None, api_version: str | None = None, **transport: Any
 ) -> dict[str, Any]:
     """Keyword arguments for an azure.storage client: one block is one GET; `retry_policy`, by
-    default the SDK's exponential schedule (waits of about 3, 5, 9, 17 s) with a refused token
+    default the lean client's budget (3 retries about 1, 2, 4 s apart, jittered down to half: one
+    retry budget for every request amlfs sends, SEMANTICS.md "Faults") with a refused token
     final; `api_version`: the x-ms-version to send (None: the SDK's newest); `transport`: a
     `transport=`, or the SDK transport's `connection_timeout=` etc."""
     if retry_policy is None:
-        retry_policy = _retry_classes()[0](initial_backoff=1, increment_base=2, retry_total=4)
+        retry_policy = _retry_classes()[1](1.0, DEFAULT_RETRIES)
     extra = {"api_version": api_version} if api_version else {}
     return {
         "max_single_get_size": block_size,

@@ -34,6 +34,7 @@ from .bloblist import ListedPrefix
 from .blobupload import DEFAULT_UPLOAD_MEMORY, BlockSender, UploadBudget
 from .errors import Forbidden, NotADirectory, NotFound
 from .failures import Failure, Kind, unresolved_message
+from .http import DEFAULT_RETRIES
 
 __all__ = ["BlobBackend"]
 
@@ -79,7 +80,7 @@ class BlobBackend(BlobData, AzureBackend):
         upload_concurrency: int = 16,
         upload_memory: int = DEFAULT_UPLOAD_MEMORY,
         block_md5: bool = False,
-        retry_total: int = 3,
+        retry_total: int = DEFAULT_RETRIES,
         retry_backoff: float = 1.0,
         connection_timeout: float = 30.0,
         read_timeout: float = 30.0,

@@ -33,7 +33,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from .base import Abort
 from .bloblist import ListedBlob, ListedPrefix, parse_listing
 from .errors import LocalIOError
-from .http import HttpClient
+from .http import DEFAULT_RETRIES, HttpClient
 from .httpframe import (
     PIECE,
     HttpStatusError,
@@ -147,7 +147,7 @@ class BlobFastPath:
         credential: Any,
         *,
         timeout: float = 30.0,
-        retry_total: int = 3,
+        retry_total: int = DEFAULT_RETRIES,
         retry_backoff: float = 1.0,
         api_version: str = API_VERSION,
         extra_headers: dict[str, str] | None = None,

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: retries of a request after its first attempt, 1, 2, 4 s apart (jittered down to half): the one
+#: retry budget of every request amlfs sends, the SDK's included (azclient.client_options)
+DEFAULT_RETRIES = 3
 
 
 class HttpClient:
@@ -53,7 +56,7 @@ class HttpClient:
         url: str,
         *,
         timeout: float = 30.0,
-        retry_total: int = 3,
+        retry_total: int = DEFAULT_RETRIES,
         retry_backoff: float = 1.0,
     ):
         parts = urlsplit(url)

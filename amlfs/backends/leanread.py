@@ -29,12 +29,10 @@ from .base import Abort, normpath
 from .blobget import BlobFastPath, HttpStatusError
 from .errors import Aborted, BackendError, Changed, IsADirectory
 from .failures import error_code
+from .http import DEFAULT_RETRIES
 from .httpframe import Response
 
 log = logging.getLogger(__name__)
-
-#: retries of a lean read when the datastore leaves the SDK its default schedule
-DEFAULT_RETRIES = 3
 
 Check = Callable[[Response], None]
 

@@ -25,7 +25,8 @@ def _errors(stderr: str) -> list[str]:
 
 TRANSIENT = {
     "http-500": dict(action="status", status=500, code="InternalError", path="/d/", count=4),
-    "http-500-listing": dict(action="status", status=500, code="InternalError", count=4),
+    # 3 in a row: the backend's own retries (1 + 3 attempts a request, the one retry layer)
+    "http-500-listing": dict(action="status", status=500, code="InternalError", count=3),
     "503-server-busy": dict(
         action="status", status=503, code="ServerBusy", retry_after=1, path="/d/", count=4
     ),
@@ -100,12 +101,30 @@ def test_persistent_failure_of_one_file_is_listed_once_then_resumed(
     have = real_files(out)
     assert "s03.bin" not in have and "big/l1.bin" not in have
     assert len(have) == len(seeded) - 2
+    # One retry layer: the backend's 1 + 3 attempts; the engine does not repeat them.
+    assert proxy.count("GET", r"s03\.bin") == 4
     # The fault ends: the same command completes the tree.
     proxy.clear()
     extra = () if command == "stage" else ("--overwrite",)
     r, _ = cli.run(command, "faulty:d", str(out), *FLAGS, *extra)
     assert r.returncode == 0, r.stderr
     check_tree(out, seeded)
+
+
+@pytest.mark.parametrize("command", ["download", "stage"])
+def test_a_listing_that_keeps_failing_ends_after_one_retry_budget(
+    cli: Cli, proxy, seeded, tmp_path, command
+):
+    """A page is retried by the backend alone (1 + 3 attempts, ~7 s): the listing is not started
+    again from the top by the engine, so the run ends within one retry budget."""
+    proxy.add("status", status=500, code="InternalError", path="comp=list")
+    r, secs = cli.run(command, "faulty:d", str(tmp_path / "out"), *FLAGS)
+    assert r.returncode == 1, r.stderr
+    assert proxy.count("GET", "comp=list") == 4
+    assert secs < BOUND
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("the service failed (HTTP 500 InternalError)")
+    assert not (tmp_path / "out").exists() or not real_files(tmp_path / "out")
 
 
 def test_stall_before_headers_and_mid_body_end_by_the_read_timeout(
