@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .backends.base import Backend, ObjectInfo, is_safe_relpath, join, normpath
+from .backends.base import FIRST_PAGE, Backend, ObjectInfo, is_safe_relpath, join, normpath
 from .backends.errors import AlreadyExists, BackendError, NotADirectory, NotFound
 from .errors import AmlfsError
 from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
@@ -84,7 +84,8 @@ def list_remote(
             for info in backend.walk(p):
                 table.append(info)
             return table
-        return _counted(backend.walk(p), table, on_listed)
+        # Someone watches: a small first page, so that the first report comes soon.
+        return _counted(backend.walk(p, FIRST_PAGE), table, on_listed)
 
     try:
         # Each page is retried by the backend (the one retry layer); a listing is never

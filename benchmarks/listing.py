@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amlfs.backends import blob as blob_mod  # noqa: E402
+from amlfs import transfer as transfer_mod  # noqa: E402
 from amlfs.backends.base import FIRST_PAGE, ObjectInfo  # noqa: E402
 from amlfs.backends.blob import BlobBackend  # noqa: E402
 from amlfs.backends.local import LocalBackend  # noqa: E402
@@ -60,7 +60,7 @@ def fill(backend: BlobBackend, n: int, workers: int = 32) -> float:
 
 def first_report(backend: BlobBackend, first_page: int) -> tuple[float, float]:
     """(seconds to the first on_listed report, seconds for the whole listing)."""
-    blob_mod.FIRST_PAGE = first_page
+    transfer_mod.FIRST_PAGE = first_page
     start = time.monotonic()
     first: list[float] = []
 
@@ -81,7 +81,7 @@ class SyntheticListing(LocalBackend):
         self.n = n
         self.size = size
 
-    def walk(self, path: str = ""):
+    def walk(self, path: str = "", first_page: int | None = None):
         for i in range(self.n):
             yield ObjectInfo(
                 f"ds/d{i % 100:02d}/file-{i:07d}.bin",
@@ -219,7 +219,7 @@ def main() -> None:
                 f, whole = first_report(backend, size)
                 rows.setdefault(f"stage first report (first page {size})", []).append(f)
                 rows.setdefault(f"stage whole listing (first page {size})", []).append(whole)
-        blob_mod.FIRST_PAGE = FIRST_PAGE
+        transfer_mod.FIRST_PAGE = FIRST_PAGE
         for case, values in rows.items():
             print(f"{case:45s} median {statistics.median(values):.3f} s  {values}")
         backend.close()

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from amlfs.backends import base as base_mod
-from amlfs.backends import blob as blob_mod
+from amlfs import transfer as transfer_mod
 from amlfs.backends import open_backend
 from amlfs.backends.base import Backend
 from amlfs.backends.blob import BlobBackend
@@ -287,13 +286,12 @@ def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch,
     files = {f"many/f{i:03d}": b"x" * i for i in range(40)}
     put_tree(store, files)
     blob = isinstance(store, BlobBackend)
+    monkeypatch.setattr(transfer_mod, "FIRST_PAGE", 4)
     if blob:
         owner: type = BlobFastPath
-        monkeypatch.setattr(blob_mod, "FIRST_PAGE", 4)
         store.page_size = 10
     else:
         owner = LocalBackend
-        monkeypatch.setattr(base_mod, "FIRST_PAGE", 4)
         monkeypatch.setattr(LocalBackend, "page_size", 10)
     sizes: list[int | None] = []
     real_page = owner.list_page
@@ -321,9 +319,26 @@ def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch,
     assert "listed 1 files" in capsys.readouterr().err
 
 
-def test_no_progress_no_listing_reports(store, tmp_path, monkeypatch):
-    put_tree(store, {"d/a": b"a", "d/b": b"bb"})
+def test_no_progress_no_listing_reports_and_no_small_first_page(store, tmp_path, monkeypatch):
+    """Nobody watches: no reports, and the listing asks for full pages only (the small first
+    page would cost a request, and a service may spend as long on it as on a full page)."""
+    put_tree(store, {f"d/f{i}": b"a" * i for i in range(7)})
     calls: list[int] = []
     monkeypatch.setattr(Progress, "listed", lambda self, n, b: calls.append(n))
+    if isinstance(store, BlobBackend):
+        owner: type = BlobFastPath
+        store.page_size = 5
+    else:
+        owner = LocalBackend
+        monkeypatch.setattr(LocalBackend, "page_size", 5)
+    sizes: list[int | None] = []
+    real_page = owner.list_page
+
+    def counted(self, *args):
+        sizes.append(args[2])
+        return real_page(self, *args)
+
+    monkeypatch.setattr(owner, "list_page", counted)
     r = stage(store, "d", tmp_path / "out", show_progress=False)
-    assert r.copied == 2 and calls == []
+    assert r.copied == 7 and calls == []
+    assert sizes == ([5, 5] if isinstance(store, BlobBackend) else [None, None])

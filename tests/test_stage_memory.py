@@ -36,7 +36,7 @@ class Synthetic(LocalBackend):
         super().__init__(root)
         self.n, self.size = n, size
 
-    def walk(self, path: str = ""):
+    def walk(self, path: str = "", first_page: int | None = None):
         for i in range(self.n):
             yield ObjectInfo(
                 f"ds/d{i % 100:02d}/file-{i:07d}.bin",

@@ -200,7 +200,7 @@ def test_object_changing_mid_download_is_refetched_whole(local_config, tmp_path,
 class _Listing(LocalBackend):
     """A local datastore whose listing also reports hostile names (defence in depth)."""
 
-    def walk(self, path=""):
+    def walk(self, path="", first_page=None):
         yield from super().walk(path)
         for bad in ("../escape", "/abs", "a//b", "x/./y", "x/.."):
             yield ObjectInfo(bad, False, 1, '"e"', 0.0)
@@ -292,12 +292,12 @@ def test_download_progress_counts_files_listed_from_the_first_page(
     local_config, tmp_path, monkeypatch
 ):
     """download's bar reports files listed after the walk's first, small page (one request)."""
-    from amlfs.backends import base as base_mod
+    from amlfs import transfer as transfer_mod
     from amlfs.progress import Progress
 
     backend = LocalBackend(local_config.path)
     put_tree(backend, {f"d/f{i:02d}": b"y" * i for i in range(12)})
-    monkeypatch.setattr(base_mod, "FIRST_PAGE", 3)
+    monkeypatch.setattr(transfer_mod, "FIRST_PAGE", 3)
     monkeypatch.setattr(LocalBackend, "page_size", 5)
     sizes: list[int | None] = []
     real_page = LocalBackend.list_page

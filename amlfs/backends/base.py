@@ -305,15 +305,17 @@ class Backend(ABC):
     def delete(self, path: str) -> None:
         """Delete the file `path`. NotFound when missing."""
 
-    def walk(self, path: str = "") -> Iterator[ObjectInfo]:
+    def walk(self, path: str = "", first_page: int | None = None) -> Iterator[ObjectInfo]:
         """Every file (not directory) below `path`, recursively, in no promised order.
 
         The default walks `list_page` level by level; flat namespaces override it with a single
-        flat listing. The walk's first request asks for a small page (FIRST_PAGE entries), so
-        that its first entries come sooner; the rest are full pages.
+        flat listing. `first_page` (e.g. FIRST_PAGE, for a caller that shows the first entries
+        as they come): the walk's first request asks for that many entries, so that they come
+        sooner; the rest, and every request without it, are full pages (one request fewer:
+        a service may spend as long on a small page as on a full one).
         """
         stack = [path]
-        first: int | None = FIRST_PAGE
+        first = first_page
         while stack:
             d = stack.pop()
             token: str | None = None

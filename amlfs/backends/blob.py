@@ -27,7 +27,7 @@ from .azclient import (
     retry_policy,
 )
 from .azure import PAGE_SIZE, AzureBackend, file_path, is_folder, quoted_etag, timestamp
-from .base import FIRST_PAGE, ObjectInfo, is_safe_name, is_safe_relpath, normpath
+from .base import ObjectInfo, is_safe_name, is_safe_relpath, normpath
 from .blobdata import BlobData
 from .blobget import BlobFastPath, lean_credential
 from .bloblist import ListedPrefix
@@ -378,13 +378,14 @@ class BlobBackend(BlobData, AzureBackend):
         if not _is_folder_marker(props.size, props.metadata):
             raise NotADirectory(f"not a directory: {rel!r}", rel)
 
-    def walk(self, path: str = "") -> Iterator[ObjectInfo]:
+    def walk(self, path: str = "", first_page: int | None = None) -> Iterator[ObjectInfo]:
         """Every file below `path` from one flat listing (no delimiter), minus folder markers,
-        unsafe names and blobs shadowed by a same-named prefix."""
+        unsafe names and blobs shadowed by a same-named prefix; `first_page` as in
+        Backend.walk (the SDK path always asks for full pages)."""
         rel = normpath(path)
         prefix = f"{rel}/" if rel else ""
         blobs = (
-            self._fast.list_flat(prefix, self.page_size, FIRST_PAGE)
+            self._fast.list_flat(prefix, self.page_size, first_page)
             if self._fast is not None
             else self._cc.list_blobs(
                 name_starts_with=prefix or None,
