@@ -11,7 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from amlfs.cli import main
+from amlfs.cli.common import COMMAND_MODULES
 from amlfs.cli.manpage import render
+
+main.load_all()
 
 
 def _all(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -46,6 +49,18 @@ def test_help_ends_with_examples_and_describes_every_option(path):
         p.opts[0] for p in cmd.params if isinstance(p, click.Option) and not p.hidden and not p.help
     ]
     assert undocumented == []
+
+
+def test_each_command_is_loaded_from_the_module_that_defines_it():
+    """`main` imports a command's module when the command runs: the map must name every
+    command, and the right module (a new command missing from it would never be found)."""
+    defined = {
+        name: cmd.callback.__module__.rsplit(".", 1)[-1]
+        for name, cmd in main.commands.items()
+        if cmd.callback is not None
+    }
+    assert defined == COMMAND_MODULES
+    assert main.list_commands(click.Context(main)) == sorted(COMMAND_MODULES)
 
 
 def test_man_page_covers_every_command_and_renders_cleanly(tmp_path):

@@ -160,3 +160,25 @@ def test_real_process_exit_codes_and_progress_flag(reg, backend, tmp_path):
         [*base, "stage", "azb:nope", str(tmp_path / "o")], capture_output=True, text=True
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "nope" in p.stderr
+
+
+def test_a_no_change_stage_loads_only_what_it_uses(reg, src, tmp_path):
+    """A no-change stage re-run of a Blob datastore starts without the Azure SDK, trio, the FUSE
+    layer, the run machinery or the CSI server: start-up is most of its time."""
+    assert amlfs(reg, "upload", str(src), ":d", "--no-progress").exit_code == 0
+    out = tmp_path / "out"
+    assert amlfs(reg, "stage", ":d", str(out), "--no-progress").exit_code == 0
+    heavy = ("azure.storage", "azure.core", "trio", "pyfuse3", "amlfs.fs", "amlfs.run", "amlfs.csi")
+    code = (
+        "import sys\n"
+        "from amlfs.cli import main\n"
+        "try:\n"
+        f"    main({['--registry', reg, 'stage', ':d', str(out), '--no-progress']!r})\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "skipped 3" in r.stderr, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

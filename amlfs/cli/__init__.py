@@ -1,10 +1,9 @@
 """The `amlfs` command line: parses, calls the library, prints. Subcommands live in sibling
-modules, each registering its commands on `main`."""
+modules, each registering its commands on `main` when it is imported: `main` imports a command's
+module when that command runs (common.COMMAND_MODULES)."""
 
 from __future__ import annotations
 
-# Importing the command modules registers their commands on `main`.
-from . import browse, cache, csi, datastore, logs, manifest, mount, run, stage, transfer  # noqa: F401
 from .common import main
 
 __all__ = ["main"]

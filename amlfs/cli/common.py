@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -55,12 +56,51 @@ class AppContext:
         return open_backend(ds)
 
 
+#: the sibling module that defines each command: a command imports only its own module when it
+#: runs (`amlfs stage` never loads the FUSE layer, the run machinery or the CSI server)
+COMMAND_MODULES = {
+    "cache": "cache",
+    "cat": "browse",
+    "csi": "csi",
+    "datastore": "datastore",
+    "download": "transfer",
+    "logs": "logs",
+    "ls": "browse",
+    "manifest": "manifest",
+    "mount": "mount",
+    "mounts": "mount",
+    "rm": "browse",
+    "run": "run",
+    "stage": "stage",
+    "stats": "mount",
+    "unmount": "mount",
+    "upload": "transfer",
+}
+
+
 class AmlfsGroup(click.Group):
     """Turns every expected failure into one line on stderr and an exit code, the one rule for
     every command: 0 success; 1 a runtime failure (auth, network, a service error, some files
     failed); 2 bad usage: a bad option or location, an unknown datastore, a bad or missing
     registry, a path that does not exist (in the datastore or on this machine). Tracebacks only
-    with --debug."""
+    with --debug.
+
+    Commands are loaded on first use from the module COMMAND_MODULES names (importing it
+    registers them on `main`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"{__package__}.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def load_all(self) -> None:
+        """Register every command (for the man page and other whole-CLI views)."""
+        for module in sorted(set(COMMAND_MODULES.values())):
+            importlib.import_module(f"{__package__}.{module}")
 
     def invoke(self, ctx: click.Context):
         try:

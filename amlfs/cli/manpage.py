@@ -86,6 +86,7 @@ def render() -> str:
             head += [".TP", f".B {_roff(record[0])}", _roff(record[1])]
     head += [".SH COMMANDS"]
     sections = []
+    main.load_all()
     for path, cmd in _commands(main, "amlfs"):
         ctx = click.Context(cmd, info_name=path, parent=root)
         sections.append(_section(path, cmd, ctx))
