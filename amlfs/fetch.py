@@ -234,9 +234,11 @@ class Downloader:
             jobs = list(jobs)
         self._big_it = self._big_tasks(jobs)
         self._small_it = ((False, self._small, j) for j in jobs if self._is_small(j))
+        # No more threads than tasks can run at once (a big file's ranges: _range_limit): a
+        # no-change stage starts none (32 threads cost ~40 ms of start-up).
         threads = [
             threading.Thread(target=self._worker, name=f"amlfs-dl-{i}", daemon=True)
-            for i in range(self.workers)
+            for i in range(min(self.workers, len(jobs) * self._range_limit))
         ]
         try:
             for t in threads:

@@ -64,6 +64,30 @@ def test_full_stage_then_rerun_skips(store, tmp_path):
     assert os.path.dirname(snapshot) == str(tmp_path)
 
 
+def test_workers_are_started_only_for_work_to_do(store, tmp_path, monkeypatch):
+    """A no-change re-run starts no download thread; two small files start a few, not 32."""
+    import threading
+
+    from amlfs import fetch
+
+    put_tree(store, {"w/a": b"a", "w/b": b"bb"})
+    out = tmp_path / "out"
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name.startswith("amlfs-dl-"):
+            started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    r = stage(store, "w", out, workers=32)
+    assert r.copied == 2 and 1 <= len(started) <= 2 * fetch.DEFAULT_RANGE_WORKERS
+    started.clear()
+    r = stage(store, "w", out, workers=32)
+    assert (r.copied, r.skipped) == (0, 2) and started == []
+
+
 def test_remote_change_is_picked_up_even_at_equal_size(store, tmp_path):
     put_tree(store, FILES)
     out = tmp_path / "out"
