@@ -143,6 +143,10 @@ class StageState:
         self.dropped = 0
         self._journal: int = -1
         self._next = 0  # where the next record of a snapshot in listing order should be
+        #: the snapshot on disk already says exactly what compact() would write (every record
+        #: matched the listing, no journal, no parts, nothing appended since): a no-change
+        #: re-run then rewrites nothing
+        self._clean = False
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -198,6 +202,7 @@ class StageState:
         try:
             with open(st.journal_path, "rb") as f:
                 for line in f:
+                    st._clean = False
                     st._replay_line(line)
         except FileNotFoundError:
             pass
@@ -212,21 +217,27 @@ class StageState:
 
     def _load_snapshot(self, f: IO[str]) -> None:
         first = f.readline()
-        if first.rstrip("\n") == _HEAD:
+        current = first.rstrip("\n") == _HEAD
+        if current:
             files, parts = self._snapshot_lines(f)
         else:  # one JSON document of another layout (an older amlfs): read it whole
             snap = json.loads(first + f.read())
             if snap.get("version") != STATE_VERSION:
                 return
             files, parts = iter(snap.get("files", {}).items()), snap.get("parts", {}).items()
+        clean = current
         for k, (etag, size, mtime_ns, boot) in files:
-            if self._trusted(boot):
-                i = self._find(k)
-                if i is not None:
-                    self._set(i, etag, size, mtime_ns, boot or None)
+            i = self._find(k) if self._trusted(boot) else None
+            if i is None or self._flags[i] & _HAS:  # gone, not wanted, untrusted or twice
+                clean = False
+            else:
+                self._set(i, etag, size, mtime_ns, boot or None)
+                clean = clean and bool(self._flags[i] & _HAS)
         for k, (etag, size, bs, chunks, boot) in parts:
+            clean = False
             if self._trusted(boot):
                 self.parts[k] = PartRecord(etag, size, bs, set(chunks), boot or None)
+        self._clean = clean
 
     @staticmethod
     def _snapshot_lines(f: IO[str]) -> tuple[Iterator[tuple[str, list]], list[tuple[str, list]]]:
@@ -312,6 +323,7 @@ class StageState:
         instead ("u")."""
         if not records:
             return
+        self._clean = False
         if not durable:
             for r in records:
                 if "f" in r or "c" in r:
@@ -346,7 +358,10 @@ class StageState:
 
     def compact(self) -> None:
         """Replace the snapshot atomically with the current state (the files that take part, one
-        record a line, in listing order), then empty the journal it now contains."""
+        record a line, in listing order), then empty the journal it now contains. Nothing to do
+        when the snapshot already holds that state (a no-change re-run)."""
+        if self._clean:
+            return
         path = self.path
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -391,6 +406,7 @@ class StageState:
             syncfs(fd)
         finally:
             os.close(fd)
+        self._clean = False
         self._flags = self._flags.translate(bytes.maketrans(bytes([_HAS | _BOOT]), bytes([_HAS])))
         for r in self._other.values():
             r.boot = None

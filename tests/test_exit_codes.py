@@ -225,6 +225,7 @@ def _leaf_commands(group: click.Group, prefix: str = "") -> list[str]:
 
 
 def test_every_command_is_covered():
+    main.load_all()
     assert sorted(_leaf_commands(main)) == sorted(CASES)
 
 

@@ -21,6 +21,7 @@ from amlfs.backends.blob import BlobBackend
 from amlfs.backends.blobget import BlobFastPath
 from amlfs.backends.errors import NotFound
 from amlfs.backends.local import LocalBackend
+from amlfs.filters import PathFilter
 from amlfs.progress import Progress
 from amlfs.stage import stage
 from amlfs.stagestate import state_paths
@@ -62,6 +63,43 @@ def test_full_stage_then_rerun_skips(store, tmp_path):
     snapshot, journal = state_paths(out)
     assert os.path.exists(snapshot) and not os.path.exists(journal)  # folded into the snapshot
     assert os.path.dirname(snapshot) == str(tmp_path)
+
+
+def test_a_no_change_rerun_rewrites_no_state_and_a_change_does(store, tmp_path):
+    """The snapshot already says what a no-change re-run would write (no rewrite, no fsync);
+    a new file, a deleted one or a filter that leaves files out rewrites it."""
+    put_tree(store, {"s/a": b"a", "s/b": b"bb", "s/c": b"ccc"})
+    out = tmp_path / "out"
+    stage(store, "s", out)
+    stage(store, "s", out)  # may make the first run's claims durable (a syncfs): a rewrite
+    snapshot, journal = state_paths(out)
+
+    def ident() -> tuple[int, int]:
+        st = os.stat(snapshot)
+        return st.st_ino, st.st_mtime_ns
+
+    before = ident()
+    r = stage(store, "s", out)
+    assert (r.copied, r.skipped) == (0, 3)
+    assert ident() == before and not os.path.exists(journal)
+    store.write_bytes("s/d", b"dddd")
+    r = stage(store, "s", out)
+    assert r.copied == 1 and ident() != before
+    before = ident()
+    store.delete("s/a")
+    r = stage(store, "s", out)
+    assert r.skipped == 3 and ident() != before
+    before = ident()
+    r = stage(store, "s", out, path_filter=PathFilter(exclude=("b",)))
+    assert r.skipped == 2 and ident() != before
+    stage(store, "s", out, path_filter=PathFilter(exclude=("b",)))  # durable claims, maybe
+    before = ident()
+    r = stage(store, "s", out, path_filter=PathFilter(exclude=("b",)))
+    assert r.skipped == 2 and ident() == before
+    # The snapshot kept only what the filtered run staged: 'b' is fetched again, once.
+    r = stage(store, "s", out)
+    assert (r.copied, r.skipped) == (1, 2)
+    assert tree(out) == {"a": b"a", "b": b"bb", "c": b"ccc", "d": b"dddd"}  # no --delete
 
 
 def test_workers_are_started_only_for_work_to_do(store, tmp_path, monkeypatch):
