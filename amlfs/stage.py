@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .backends.base import Backend
@@ -28,6 +28,7 @@ from .listtable import ListTable
 from .outcome import TransferResult, TransferStopped
 from .progress import Progress, should_show
 from .stagestate import BOOT_ID, JOURNAL_NAME, STATE_NAME, StageState
+from .tablejobs import TableJobs
 from .transfer import list_remote, safe_mask
 
 log = logging.getLogger(__name__)
@@ -72,45 +73,6 @@ def _unchanged(path: str, size: int, mtime_ns: int) -> bool:
 _OUT, _COPY, _SKIP, _CHECK = 0, 1, 2, 3
 #: local files checked against their Content-MD5 (--verify) at a time
 _CHECK_BATCH = 256
-
-
-class _StageJob(DownloadJob):
-    """A download job that knows its listing index (for the state's packed records)."""
-
-    __slots__ = ("index",)
-
-
-class _PlannedJobs(Collection[DownloadJob]):
-    """The files to copy, as DownloadJobs made when the engine asks for them: a stage of a
-    million files never holds a million job objects."""
-
-    def __init__(
-        self, table: ListTable, plan: bytearray, root: str, resume: dict[int, frozenset[int]]
-    ):
-        self.table, self.plan, self.root, self.resume = table, plan, root, resume
-
-    def __len__(self) -> int:
-        return self.plan.count(_COPY)
-
-    def __contains__(self, job: object) -> bool:
-        i = getattr(job, "index", None)
-        return isinstance(i, int) and 0 <= i < len(self.plan) and self.plan[i] == _COPY
-
-    def indices(self) -> Iterator[int]:
-        plan = self.plan
-        i = plan.find(_COPY)
-        while i >= 0:
-            yield i
-            i = plan.find(_COPY, i + 1)
-
-    def __iter__(self) -> Iterator[DownloadJob]:
-        t, resume, none = self.table, self.resume, frozenset()
-        prefix = os.path.join(self.root, "")
-        for i in self.indices():
-            rel = t.name(i)
-            job = _StageJob(t.info(i, rel), prefix + rel, rel, resume.get(i, none))  # type: ignore[operator]
-            job.index = i
-            yield job
 
 
 def _md5_path(path: str) -> bytes | None:
@@ -269,7 +231,7 @@ def _stage(
 
         stray_parts = _scan(root, on_local if delete else None) if delete or not dry_run else []
         deletions.sort()
-        jobs = _PlannedJobs(table, plan, root, resume)
+        jobs = TableJobs(table, plan, _COPY, root, resume=resume)
         nfiles = len(jobs)
         nbytes = sum(table.sizes[i] for i in jobs.indices())
 

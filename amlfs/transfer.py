@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from .backends.base import FIRST_PAGE, Backend, ObjectInfo, is_safe_relpath, join, normpath
 from .backends.errors import AlreadyExists, BackendError, NotADirectory, NotFound
 from .errors import AmlfsError
-from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader, DownloadJob
+from .fetch import DEFAULT_BLOCK_SIZE, DEFAULT_WORKERS, Downloader
 from .filters import KEEP_ALL, PathFilter
 from .listtable import ListTable
 from .outcome import FailureStreak, TransferResult, TransferStopped, error_text
 from .progress import Progress, should_show
+from .tablejobs import TableJobs
 from .throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ __all__ = [
     "download",
     "list_remote",
     "relative_name",
-    "safe_jobs",
     "safe_mask",
     "upload_dir",
     "upload_files",
@@ -111,39 +111,14 @@ def relative_name(path: str, base: str) -> str:
     return path[len(base) + 1 :] if base else path
 
 
-def safe_jobs(
-    files: Iterable[ObjectInfo], base: str, target_dir: str, result: TransferResult
-) -> list[tuple[str, ObjectInfo]]:
-    """(local relative name, info) for files whose names are safe below `target_dir`.
-
-    Names that would escape (`..`, absolute, empty segments) and files that clash with a
-    directory of the same name (Blob allows both `a` and `a/b`; the directory wins, as in the
-    mount) are skipped with a warning and counted in `result.unsafe`.
-    """
-    out: list[tuple[str, ObjectInfo]] = []
-    for info in files:
-        rel = relative_name(info.path, base)
-        if (base and not info.path.startswith(base + "/")) or not is_safe_relpath(rel):
-            log.warning("skipping %r: its name cannot be a safe local path", info.path)
-            result.unsafe += 1
-            continue
-        out.append((rel, info))
-    dirs = {rel.rsplit("/", 1)[0] for rel, _ in out if "/" in rel}
-    dirs |= {d.rsplit("/", i)[0] for d in list(dirs) for i in range(1, d.count("/") + 1)}
-    if dirs:
-        clash = [(rel, info) for rel, info in out if rel in dirs]
-        for _, info in clash:
-            log.warning("skipping file %r: a directory of the same name exists", info.path)
-        result.unsafe += len(clash)
-        out = [(rel, info) for rel, info in out if rel not in dirs]
-    return out
-
-
 def safe_mask(
     table: ListTable, result: TransferResult, keep: Callable[[str], bool] | None = None
 ) -> bytearray:
-    """safe_jobs for a packed listing: a byte per entry, 1 when the file takes part (a safe
-    local name below the table's base, no directory of the same name, and `keep(name)`)."""
+    """Which files of a packed listing can be written locally: a byte per entry, 1 when the
+    file takes part: a safe local name below the table's base (no `..`, absolute or empty
+    segment), no directory of the same name (Blob allows both `a` and `a/b`; the directory
+    wins, as in the mount), and `keep(name)`. The others are logged, and counted in
+    `result.unsafe` (not those `keep` leaves out)."""
     mask = bytearray(len(table))
     dirs: set[str] = set()
     for i in range(len(table)):
@@ -225,18 +200,22 @@ def _download(
     durable: bool,
     path_filter: PathFilter,
 ) -> TransferResult:
-    files, base = list_remote(backend, prefix, progress.listed if progress.enabled else None)
-    files = path_filter.select(files, lambda f: relative_name(f.path, base))
+    # Packed, as stage's: the listing (no Content-MD5s: download does not verify), a byte of
+    # plan per file, jobs made as the engine takes them.
+    files, base = list_remote(
+        backend, prefix, progress.listed if progress.enabled else None, md5=False
+    )
     result = TransferResult()
-    named = safe_jobs(files, "" if keep_prefix else base, target_dir, result)
-    jobs = []
-    for rel, info in named:
-        dest = os.path.join(target_dir, rel)
-        if not overwrite and os.path.lexists(dest):
-            result.skipped += 1
-            continue
-        jobs.append(DownloadJob(info, dest, rel))
-    progress.set_total(len(jobs), sum(j.info.size for j in jobs))
+    plan = safe_mask(files, result, path_filter.keeps if path_filter else None)
+    lead = f"{base}/" if keep_prefix and base else ""
+    if not overwrite:
+        root = os.path.join(target_dir, lead)
+        for i in range(len(files)):
+            if plan[i] and os.path.lexists(root + files.name(i)):  # type: ignore[operator]
+                plan[i] = 0
+                result.skipped += 1
+    jobs = TableJobs(files, plan, 1, target_dir, lead)
+    progress.set_total(len(jobs), sum(files.sizes[i] for i in jobs.indices()))
     dl = Downloader(
         backend,
         target_dir,

@@ -16,6 +16,7 @@ from amlfs.backends.base import ObjectInfo
 from amlfs.backends.local import LocalBackend
 from amlfs.stage import stage
 from amlfs.stagestate import state_paths
+from amlfs.transfer import download
 
 from .test_transfer import put_tree
 
@@ -92,6 +93,26 @@ def test_full_run_and_rerun_hold_little_per_listed_file(tmp_path, monkeypatch):
     assert (r3.copied, r3.skipped, r3.verified, r3.failed) == (0, n, n, [])
     assert checked <= PER_FILE * n + IN_FLIGHT, checked / n
     assert len(list(out.rglob("*.bin"))) == n
+
+
+def test_download_holds_little_per_listed_file(tmp_path, monkeypatch):
+    """`amlfs download` plans from the same packed listing: no object per file either, a run
+    that copies everything and one that skips everything (files already there)."""
+    monkeypatch.setattr(commit, "MAX_PENDING", 64)
+    n = 10_000
+    backend = Synthetic(str(tmp_path / "store"), n, size=0)
+    out = tmp_path / "out"
+    tracemalloc.start()
+    try:
+        first, r1 = _peak(lambda: download(backend, out, "ds", show_progress=False))
+        again, r2 = _peak(lambda: download(backend, out, "ds", show_progress=False))
+    finally:
+        tracemalloc.stop()
+    assert (r1.copied, r1.failed) == (n, [])
+    assert (r2.copied, r2.skipped) == (0, n)
+    assert first <= PER_FILE * n + IN_FLIGHT, first / n
+    assert again <= PER_FILE * n + IN_FLIGHT, again / n
+    assert len(list((out / "ds").rglob("*.bin"))) == n  # keep_prefix: under its full path
 
 
 def _staged(local_config, tmp_path) -> tuple[object, Path, Path]:

@@ -14,10 +14,11 @@ from amlfs.backends.errors import NotFound
 from amlfs.backends.local import LocalBackend
 from amlfs.commit import PART_SUFFIX, part_path
 from amlfs.fetch import chunk_size
+from amlfs.listtable import ListTable
 from amlfs.transfer import (
     TransferResult,
     download,
-    safe_jobs,
+    safe_mask,
     upload_dir,
     upload_files,
 )
@@ -215,10 +216,11 @@ def test_escaping_names_are_skipped(local_config, tmp_path):
 
 
 def test_file_clashing_with_directory_is_skipped():
-    infos = [ObjectInfo(p, False, 1) for p in ("a", "a/b", "c/d", "c")]
+    table = ListTable("", items=[ObjectInfo(p, False, 1) for p in ("a", "a/b", "c/d", "c")])
     result = TransferResult()
-    names = [rel for rel, _ in safe_jobs(infos, "", "/t", result)]
-    assert names == ["a/b", "c/d"] and result.unsafe == 2
+    mask = safe_mask(table, result)
+    assert [table.name(i) for i in range(len(table)) if mask[i]] == ["a/b", "c/d"]
+    assert result.unsafe == 2
 
 
 def test_part_name_stays_within_name_max(tmp_path):
