@@ -342,19 +342,15 @@ def test_claims_without_fsync_are_dropped_after_a_restart(local_config, tmp_path
     assert tree(out) == {"a": b"1", "b": b"2"}
 
 
-def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch, capsys):
-    """The listing's first request asks for a small page (then full pages), and stage's progress
-    shows files listed as soon as that first page is in: counted in requests, not timed."""
-    files = {f"many/f{i:03d}": b"x" * i for i in range(40)}
-    put_tree(store, files)
-    blob = isinstance(store, BlobBackend)
-    monkeypatch.setattr(transfer_mod, "FIRST_PAGE", 4)
-    if blob:
+def _record_page_sizes(store, page_size: int, monkeypatch) -> list[int | None]:
+    """Full pages of `page_size` entries; the page size each listing request asks for, in
+    order (None: the backend's full page)."""
+    if isinstance(store, BlobBackend):
         owner: type = BlobFastPath
-        store.page_size = 10
+        store.page_size = page_size
     else:
         owner = LocalBackend
-        monkeypatch.setattr(LocalBackend, "page_size", 10)
+        monkeypatch.setattr(LocalBackend, "page_size", page_size)
     sizes: list[int | None] = []
     real_page = owner.list_page
 
@@ -363,6 +359,17 @@ def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch,
         return real_page(self, *args)
 
     monkeypatch.setattr(owner, "list_page", counted)
+    return sizes
+
+
+def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch, capsys):
+    """The listing's first request asks for a small page (then full pages), and stage's progress
+    shows files listed as soon as that first page is in: counted in requests, not timed."""
+    files = {f"many/f{i:03d}": b"x" * i for i in range(40)}
+    put_tree(store, files)
+    blob = isinstance(store, BlobBackend)
+    monkeypatch.setattr(transfer_mod, "FIRST_PAGE", 4)
+    sizes = _record_page_sizes(store, 10, monkeypatch)
     reports: list[tuple[int, int, list]] = []
     real_listed = Progress.listed
 
@@ -387,20 +394,7 @@ def test_no_progress_no_listing_reports_and_no_small_first_page(store, tmp_path,
     put_tree(store, {f"d/f{i}": b"a" * i for i in range(7)})
     calls: list[int] = []
     monkeypatch.setattr(Progress, "listed", lambda self, n, b: calls.append(n))
-    if isinstance(store, BlobBackend):
-        owner: type = BlobFastPath
-        store.page_size = 5
-    else:
-        owner = LocalBackend
-        monkeypatch.setattr(LocalBackend, "page_size", 5)
-    sizes: list[int | None] = []
-    real_page = owner.list_page
-
-    def counted(self, *args):
-        sizes.append(args[2])
-        return real_page(self, *args)
-
-    monkeypatch.setattr(owner, "list_page", counted)
+    sizes = _record_page_sizes(store, 5, monkeypatch)
     r = stage(store, "d", tmp_path / "out", show_progress=False)
     assert r.copied == 7 and calls == []
     assert sizes == ([5, 5] if isinstance(store, BlobBackend) else [None, None])

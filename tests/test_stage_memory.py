@@ -57,6 +57,15 @@ def _peak(fn):
     return tracemalloc.get_traced_memory()[1] - before, r
 
 
+def _peaks(*runs):
+    """(peak bytes allocated, result) of each of `runs`, one after the other."""
+    tracemalloc.start()
+    try:
+        return [_peak(run) for run in runs]
+    finally:
+        tracemalloc.stop()
+
+
 def test_dry_run_holds_little_per_listed_file(tmp_path):
     n = 50_000
     backend = Synthetic(str(tmp_path / "store"), n)
@@ -79,13 +88,11 @@ def test_full_run_and_rerun_hold_little_per_listed_file(tmp_path, monkeypatch):
     n = 10_000
     backend = Synthetic(str(tmp_path / "store"), n, size=0)
     out = tmp_path / "out"
-    tracemalloc.start()
-    try:
-        first, r1 = _peak(lambda: stage(backend, "ds", out, show_progress=False))
-        again, r2 = _peak(lambda: stage(backend, "ds", out, show_progress=False))
-        checked, r3 = _peak(lambda: stage(backend, "ds", out, show_progress=False, verify=True))
-    finally:
-        tracemalloc.stop()
+    (first, r1), (again, r2), (checked, r3) = _peaks(
+        lambda: stage(backend, "ds", out, show_progress=False),
+        lambda: stage(backend, "ds", out, show_progress=False),
+        lambda: stage(backend, "ds", out, show_progress=False, verify=True),
+    )
     assert (r1.copied, r1.failed) == (n, [])
     assert (r2.copied, r2.skipped) == (0, n)
     assert first <= PER_FILE * n + IN_FLIGHT, first / n
@@ -102,12 +109,10 @@ def test_download_holds_little_per_listed_file(tmp_path, monkeypatch):
     n = 10_000
     backend = Synthetic(str(tmp_path / "store"), n, size=0)
     out = tmp_path / "out"
-    tracemalloc.start()
-    try:
-        first, r1 = _peak(lambda: download(backend, out, "ds", show_progress=False))
-        again, r2 = _peak(lambda: download(backend, out, "ds", show_progress=False))
-    finally:
-        tracemalloc.stop()
+    (first, r1), (again, r2) = _peaks(
+        lambda: download(backend, out, "ds", show_progress=False),
+        lambda: download(backend, out, "ds", show_progress=False),
+    )
     assert (r1.copied, r1.failed) == (n, [])
     assert (r2.copied, r2.skipped) == (0, n)
     assert first <= PER_FILE * n + IN_FLIGHT, first / n
