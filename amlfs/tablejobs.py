@@ -53,7 +53,8 @@ class TableJobs(Collection[DownloadJob]):
             i = plan.find(code, i + 1)
 
     def __iter__(self) -> Iterator[DownloadJob]:
-        t, resume, none, lead = self.table, self.resume, frozenset[int](), self.lead
+        t, resume, lead = self.table, self.resume, self.lead
+        none: frozenset[int] = frozenset()
         prefix = os.path.join(self.root, "")
         for i in self.indices():
             name = t.name(i)
