@@ -56,6 +56,7 @@ class Timing:
     wall: float
     cpu: float  # the child's user + system CPU seconds
     returncode: int
+    user: float = 0.0  # of which user CPU seconds (the rest is the kernel's work for the tool)
 
     def row(self, baseline: float | None) -> str:
         ratio = f"{self.wall / baseline:6.2f}x" if baseline else "     -"
@@ -82,7 +83,8 @@ def timed(
         raise RuntimeError(
             f"{tool} {case} exited {proc.returncode}:\n{out.decode()[-2000:]}\n{err.decode()[-2000:]}"
         )
-    return Timing(tool, case, wall, rusage.ru_utime + rusage.ru_stime, proc.returncode)
+    cpu = rusage.ru_utime + rusage.ru_stime
+    return Timing(tool, case, wall, cpu, proc.returncode, rusage.ru_utime)
 
 
 def start_bench_azurite() -> Azurite:

@@ -144,7 +144,7 @@ class Bench:
         t = timed(tool, case, cmd, env=env)
         st = ServerTiming(**asdict(t), server_cpu=proc_cpu(self.az.proc.pid) - a0)
         self.timings.append(st)
-        print(f"  {tool:<14} {case:<20} {t.wall:7.2f} s  cpu {t.cpu:6.2f} s"
+        print(f"  {tool:<14} {case:<20} {t.wall:7.2f} s  cpu {t.cpu:6.2f} s (user {t.user:5.2f})"
               f"  azurite cpu {st.server_cpu:6.2f} s", flush=True)  # fmt: skip
         return st
 
@@ -423,22 +423,28 @@ def print_table(timings: list[Timing]) -> None:
 
 def print_peer_table(cases: dict[str, dict[str, list[Timing]]]) -> None:
     print()
-    print(f"{'case':<24} {'tool':<14} {'wall s':>8} {'cpu s':>8} {'azurite':>8} {'vs amlfs':>9}"
-          f" {'cpu/rclone':>10}")  # fmt: skip
+    print(f"{'case':<24} {'tool':<14} {'wall s':>8} {'cpu s':>8} {'user s':>7} {'azurite':>8}"
+          f" {'vs amlfs':>9} {'cpu/rclone':>10} {'user/rclone':>11}")  # fmt: skip
     for case, by_tool in cases.items():
         ref = statistics.median(t.wall for t in by_tool["amlfs"]) if "amlfs" in by_tool else None
-        rcpu = statistics.median(t.cpu for t in by_tool["rclone"]) if "rclone" in by_tool else None
+        rc = by_tool.get("rclone")
+        rcpu = statistics.median(t.cpu for t in rc) if rc else None
+        ruser = statistics.median(t.user for t in rc) if rc else None
         for tool, ts in by_tool.items():
             wall = statistics.median(t.wall for t in ts)
             cpu = statistics.median(t.cpu for t in ts)
+            user = statistics.median(t.user for t in ts)
             srv = statistics.median(getattr(t, "server_cpu", None) or 0.0 for t in ts)
             ratio = f"{wall / ref:8.2f}x" if ref else "-"
             cratio = f"{cpu / rcpu:9.2f}x" if rcpu else "-"
+            uratio = f"{user / ruser:10.2f}x" if ruser else "-"
             print(
-                f"{case:<24} {tool:<14} {wall:8.2f} {cpu:8.2f} {srv:8.2f} {ratio:>9} {cratio:>10}"
+                f"{case:<24} {tool:<14} {wall:8.2f} {cpu:8.2f} {user:7.2f} {srv:8.2f} {ratio:>9}"
+                f" {cratio:>10} {uratio:>11}"
             )
     print("vs amlfs: the tool's wall time / amlfs's (above 1: amlfs is faster);"
-          " cpu/rclone: the tool's client CPU / rclone copy's; azurite: Azurite's CPU seconds")  # fmt: skip
+          " cpu/rclone: the tool's client CPU / rclone copy's (user s: the part outside the"
+          " kernel); azurite: Azurite's CPU seconds")  # fmt: skip
 
 
 if __name__ == "__main__":
