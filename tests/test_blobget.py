@@ -4,6 +4,8 @@ connections, chunked bodies, retries); test_http_framing.py has the framing chec
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
@@ -64,6 +66,46 @@ def test_paged_listing(azurite, container, filled):
     fast = BlobFastPath(azurite.account_url, container, AzureNamedKeyCredential(ACCOUNT, KEY))
     assert [b.name for b in fast.list_flat("", page_size=3)] == sorted(NAMES)
     fast.close()
+
+
+def test_a_paged_listing_fetches_one_page_ahead(azurite, container, filled, monkeypatch):
+    """The next page is asked for while the caller is still on the current one; a page that
+    fails raises where the caller reaches it, after every entry before it; a walk stopped early
+    leaves nothing waiting."""
+    fast = BlobFastPath(azurite.account_url, container, AzureNamedKeyCredential(ACCOUNT, KEY))
+    calls: list[str] = []
+    real = BlobFastPath.list_page
+
+    def recorded(self, prefix, marker="", page_size=5000, delimiter=""):
+        calls.append(marker)
+        if len(calls) == 3 and fail:
+            raise HttpStatusError(500, "InternalError")
+        return real(self, prefix, marker, page_size, delimiter)
+
+    monkeypatch.setattr(BlobFastPath, "list_page", recorded)
+    try:
+        fail = False
+        it = fast.list_flat("", page_size=3)
+        first = next(it)
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 2  # page 2 asked for while page 1's first entry is in hand
+        assert [first.name, *(b.name for b in it)] == sorted(NAMES)
+        calls.clear()
+        fail = True
+        got = []
+        with pytest.raises(HttpStatusError):
+            for b in fast.list_flat("", page_size=3):
+                got.append(b.name)
+        assert got == sorted(NAMES)[:6]  # pages 1 and 2 whole, then page 3's failure
+        calls.clear()
+        fail = False
+        it = fast.list_flat("", page_size=3)
+        next(it)
+        it.close()  # stopped early: returns at once, the page ahead finishes on its own
+    finally:
+        fast.close()
 
 
 def test_backend_maps_fast_path_errors(blob_config):

@@ -381,7 +381,9 @@ def test_progress_counts_from_the_small_first_page(store, tmp_path, monkeypatch,
     r = stage(store, "many", tmp_path / "out", show_progress=True)
     assert r.copied == 40 and r.failed == []
     n, _, requests = reports[0]
-    assert requests == [4] and 1 <= n <= 4  # the first report: after one small page
+    # The first report: after one small page (Blob's walk may have asked for the next one
+    # already: it lists one page ahead).
+    assert requests in ([[4], [4, 10]] if blob else [[4]]) and 1 <= n <= 4
     assert reports[-1][:2] == (40, sum(map(len, files.values())))
     # 4 + 10 + 10 + 10 + 6: full pages after the first.
     assert sizes == ([4, 10, 10, 10, 10] if blob else [4, None, None, None, None])

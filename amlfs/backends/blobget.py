@@ -137,6 +137,31 @@ class _Auth:
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
 
 
+class _Ahead:
+    """`fn(*args)` started now on a daemon thread; `result()` waits for it (bounded by the
+    request's own timeouts and retries) and returns or raises what it did. Abandoned (a walk
+    the caller stops early), it finishes on its own and its result is dropped."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self._fn, self._args = fn, args
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="amlfs-list-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class BlobFastPath:
     """Ranged reads and flat listings of one container; thread-safe (a pool of connections)."""
 
@@ -321,15 +346,18 @@ class BlobFastPath:
         self, prefix: str, page_size: int = 5000, first_page: int | None = None
     ) -> Iterator[ListedBlob]:
         """Every blob whose name starts with `prefix`, in name order, with metadata. The first
-        request asks for `first_page` entries (when given), the others for `page_size`."""
-        marker = ""
+        request asks for `first_page` entries (when given), the others for `page_size`. While
+        the caller works through a page, the next one is being fetched (one request ahead, on
+        a helper thread): a long listing costs the service's time or the caller's, not their
+        sum. A failed page raises where the caller reaches it, as before."""
         size = min(first_page, page_size) if first_page else page_size
+        items, marker = self.list_page(prefix, "", size)
         while True:
-            items, marker = self.list_page(prefix, marker, size)
-            size = page_size
+            ahead = _Ahead(self.list_page, prefix, marker, page_size) if marker else None
             yield from items  # type: ignore[misc]  # no delimiter: blobs only
-            if not marker:
+            if ahead is None:
                 return
+            items, marker = ahead.result()
 
     def list_page(
         self, prefix: str, marker: str = "", page_size: int = 5000, delimiter: str = ""
