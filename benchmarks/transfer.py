@@ -24,6 +24,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -256,6 +257,10 @@ def blob_cases(
     sas = b.sas(data)
     base, query = sas.split("?", 1)
     tools = ["amlfs", "rclone", "azcopy"] + ([] if args.no_tuned else ["rclone-tuned"])
+
+    if "upload" not in args.cases:  # download and stage read the data: upload it, untimed
+        for part in ("small", "big"):
+            subprocess.run(b.amlfs("upload", str(src / part), f"data:{part}"), check=True)
 
     # --- upload: each tool into its own container, every repetition a fresh one --------
     print("upload", flush=True)
