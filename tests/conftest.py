@@ -71,3 +71,16 @@ from .servers.fixtures import (  # noqa: E402,F401
     fileshare_server,
     sp_env,
 )
+
+
+@pytest.fixture
+def run_dirs_in_tmp_path(tmp_path, monkeypatch):
+    """`amlfs run` keeps a run directory (with the outputs it could not upload) on purpose: put
+    the run directories of this test, in-process and in the commands it starts, under its
+    tmp_path, so that the ones kept by design do not pile up in /tmp."""
+    import tempfile
+
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setenv("TMPDIR", str(where))
+    monkeypatch.setattr(tempfile, "tempdir", str(where))

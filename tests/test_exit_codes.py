@@ -20,6 +20,12 @@ from amlfs.fs import control
 from .azurite import ACCOUNT, KEY
 from .test_mount import FUSE_OK
 
+
+@pytest.fixture(autouse=True)
+def _run_dirs(run_dirs_in_tmp_path):
+    """Run directories kept by design land in the test's tmp_path (conftest.py)."""
+
+
 WRONG_KEY = base64.b64encode(b"w" * 64).decode()
 
 

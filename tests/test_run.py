@@ -25,6 +25,12 @@ needs_fuse = pytest.mark.skipif(
     reason="needs /dev/fuse and fusermount3",
 )
 
+
+@pytest.fixture(autouse=True)
+def _run_dirs(run_dirs_in_tmp_path):
+    """Run directories kept by design land in the test's tmp_path (conftest.py)."""
+
+
 TRAIN = textwrap.dedent("""\
     import argparse, hashlib, json, os, sys, time
     p = argparse.ArgumentParser()

@@ -20,6 +20,12 @@ from amlfs import Datastore, Workspace
 from .azurite import ACCOUNT, KEY
 from .servers.fixtures import make_adls_config
 
+
+@pytest.fixture(autouse=True)
+def _run_dirs(run_dirs_in_tmp_path):
+    """Run directories kept by design land in the test's tmp_path (conftest.py)."""
+
+
 WRITER = textwrap.dedent("""\
     import os, shutil, sys, time
     out, src, status = sys.argv[1], sys.argv[2], int(sys.argv[3])
