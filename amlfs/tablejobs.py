@@ -52,14 +52,22 @@ class TableJobs(Collection[DownloadJob]):
             yield i
             i = plan.find(code, i + 1)
 
+    def _rel(self, i: int) -> tuple[str, str]:
+        """(entry i's name below the listing's base, its path below `root`)."""
+        name = self.table.name(i)
+        assert name is not None  # a planned entry has a safe name below the base
+        return name, self.lead + name
+
+    def dest(self, i: int) -> str:
+        """The local path of entry `i`'s file."""
+        return os.path.join(self.root, self._rel(i)[1])
+
     def __iter__(self) -> Iterator[DownloadJob]:
-        t, resume, lead = self.table, self.resume, self.lead
+        t, resume = self.table, self.resume
         none: frozenset[int] = frozenset()
         prefix = os.path.join(self.root, "")
         for i in self.indices():
-            name = t.name(i)
-            assert name is not None  # a planned entry has a safe name below the base
-            rel = lead + name
+            name, rel = self._rel(i)
             job = IndexedJob(t.info(i, name), prefix + rel, rel, resume.get(i, none))
             job.index = i
             yield job

@@ -207,14 +207,12 @@ def _download(
     )
     result = TransferResult()
     plan = safe_mask(files, result, path_filter.keeps if path_filter else None)
-    lead = f"{base}/" if keep_prefix and base else ""
+    jobs = TableJobs(files, plan, 1, target_dir, f"{base}/" if keep_prefix and base else "")
     if not overwrite:
-        root = os.path.join(target_dir, lead)
-        for i in range(len(files)):
-            if plan[i] and os.path.lexists(root + files.name(i)):  # type: ignore[operator]
+        for i in jobs.indices():  # (clearing the current entry: the scan goes on after it)
+            if os.path.lexists(jobs.dest(i)):
                 plan[i] = 0
                 result.skipped += 1
-    jobs = TableJobs(files, plan, 1, target_dir, lead)
     progress.set_total(len(jobs), sum(files.sizes[i] for i in jobs.indices()))
     dl = Downloader(
         backend,
