@@ -4,7 +4,7 @@ connections, chunked bodies, retries); test_http_framing.py has the framing chec
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
@@ -74,10 +74,13 @@ def test_a_paged_listing_fetches_one_page_ahead(azurite, container, filled, monk
     leaves nothing waiting."""
     fast = BlobFastPath(azurite.account_url, container, AzureNamedKeyCredential(ACCOUNT, KEY))
     calls: list[str] = []
+    second = threading.Event()
     real = BlobFastPath.list_page
 
     def recorded(self, prefix, marker="", page_size=5000, delimiter=""):
         calls.append(marker)
+        if len(calls) == 2:
+            second.set()
         if len(calls) == 3 and fail:
             raise HttpStatusError(500, "InternalError")
         return real(self, prefix, marker, page_size, delimiter)
@@ -87,10 +90,7 @@ def test_a_paged_listing_fetches_one_page_ahead(azurite, container, filled, monk
         fail = False
         it = fast.list_flat("", page_size=3)
         first = next(it)
-        deadline = time.monotonic() + 10
-        while len(calls) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(calls) == 2  # page 2 asked for while page 1's first entry is in hand
+        assert second.wait(10)  # page 2 asked for while page 1's first entry is in hand
         assert [first.name, *(b.name for b in it)] == sorted(NAMES)
         calls.clear()
         fail = True
